@@ -1,0 +1,1 @@
+"""Celery task modules that reproduce (and fix) the fork-safety deadlock, and the runner."""

@@ -1,0 +1,135 @@
+"""The pool-matrix runner behind ``celery_examples/run_test.py``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from rich.console import Console
+
+from . import harness
+from .broker import MODES, resolve_broker
+from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, fail,
+                  install_interrupt_handlers, positive_float, positive_int)
+from .errors import ForkSafetyError, UsageError
+from .outcome import Outcome, Verdict
+from .report import results_record, results_table, write_json
+from .settings import check_writable, load_settings
+
+PROG = "run_test.py"
+
+
+def build_parser() -> Parser:
+    """The runner's argparse parser."""
+    p = Parser(prog=PROG, description="Run a real Celery worker per pool (and per fix variant) "
+               "against a task module that creates a ChromaDB store at import, and report which deadlock.")
+    p.add_argument("--pool", action="append", metavar="NAME", choices=harness.POOLS,
+                   help=f"pool to run (repeatable): {', '.join(harness.POOLS)}")
+    p.add_argument("--variant", action="append", metavar="NAME", choices=list(harness.VARIANTS),
+                   help=f"prefork fix variant (repeatable): {', '.join(harness.VARIANTS)}")
+    p.add_argument("--all", action="store_true", help="every pool, and every prefork variant")
+    p.add_argument("--timeout", type=positive_float, default=20.0, metavar="SECONDS",
+                   help="deadline for each task (default 20)")
+    p.add_argument("--stall", type=positive_float, default=2.0, metavar="SECONDS",
+                   help="window of the 'stalled' hang rule (default 2)")
+    p.add_argument("--concurrency", type=positive_int, default=1, metavar="N", help="pool size (default 1)")
+    p.add_argument("--parallel", type=positive_int, default=max(1, os.cpu_count() or 1), metavar="N",
+                   help="scenarios run at once (default: the number of CPUs)")
+    p.add_argument("--broker", choices=MODES, default="auto",
+                   help="auto (default): REDIS_URL if it answers in 1 s, else a private redis-server, "
+                        "else kombu's filesystem transport; redis; filesystem")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the results record to PATH")
+    p.add_argument("--no-capture", action="store_true", help="skip py-spy/pystack capture of hung children")
+    p.add_argument("--keep-data", action="store_true", help="keep the per-scenario Chroma folders")
+    p.add_argument("--log-dir", type=Path, default=harness.REPO_ROOT / "crash_dumps", metavar="DIR",
+                   help="worker logs and captures (default crash_dumps/)")
+    return p
+
+
+def make_console() -> Console:
+    """A rich Console; 140 columns when the output is not a terminal (logs, CI)."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=140)
+
+
+class Progress:
+    """Prints one line per status change (thread-safe), with the elapsed time."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.t0 = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str, status: str) -> None:
+        with self.lock:
+            self.console.print(f"[dim]{time.monotonic() - self.t0:5.1f}s[/] {name:<32} {status}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the matrix; return the exit code (0 matched, 1 mismatch, 2 usage/set-up, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    console = make_console()
+    if not args.all and not args.pool and not args.variant:
+        return fail("choose --all, or --pool NAME (repeatable); see --help", prog=PROG)
+    try:
+        scenarios = harness.select_scenarios(args.pool, args.variant, args.all, args.concurrency)
+        settings = load_settings()
+        check_writable(settings.chroma_dir)
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(args.log_dir)
+    except ForkSafetyError as exc:
+        return fail(exc, prog=PROG)
+    install_interrupt_handlers()
+    options = harness.RunOptions(timeout=args.timeout, stall=args.stall, log_dir=args.log_dir,
+                                 keep_data=args.keep_data, capture=not args.no_capture)
+    broker = None
+    runs: list[harness.ScenarioRun] = []
+    verdicts: dict[str, Verdict] = {}
+    started = time.monotonic()
+    try:
+        broker = resolve_broker(args.broker, settings.redis_url, options.run_id)
+        console.print(f"broker: {broker.describe()}")
+        console.print(f"settings: {settings.redacted()}")
+        console.print(f"{len(scenarios)} scenario(s), {min(args.parallel, len(scenarios))} at a time, "
+                      f"task deadline {args.timeout:g} s")
+        progress = Progress(console)
+        runs = [harness.ScenarioRun(s, broker, settings, options, progress) for s in scenarios]
+        pool = ThreadPoolExecutor(max_workers=min(args.parallel, len(runs)))
+        try:
+            futures = {pool.submit(r.run): r for r in runs}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    verdicts[futures[fut].scenario.name] = fut.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for r in runs:
+                r.cancel()
+            pool.shutdown(wait=True)
+    except Interrupted as exc:
+        console.print(f"[red]interrupted by {exc}: stopping every worker we started[/]")
+        return EXIT_INTERRUPTED
+    except ForkSafetyError as exc:
+        return fail(exc, prog=PROG)
+    finally:
+        if broker is not None:
+            broker.cleanup()
+    ordered = [verdicts[s.name] for s in scenarios]
+    console.print(results_table(ordered))
+    wall = time.monotonic() - started
+    matched = all(v.matched for v in ordered)
+    console.print(f"{sum(v.matched for v in ordered)}/{len(ordered)} matched the expected outcome "
+                  f"in {wall:.1f} s; worker logs in {args.log_dir}/")
+    for v in ordered:
+        if v.evidence and v.evidence.get("log"):
+            console.print(f"  {v.scenario}: evidence in {v.evidence['log']}")
+    if args.json:
+        write_json(args.json, results_record(ordered, broker.describe(), wall_seconds=round(wall, 2),
+                                             timeout=args.timeout, stall=args.stall))
+        console.print(f"results written to {args.json}")
+    return EXIT_OK if matched else EXIT_MISMATCH

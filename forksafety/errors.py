@@ -1,0 +1,41 @@
+"""Error classes. Every error carries a help text that says what to do next.
+
+CLIs print ``str(error)`` (cause and fix on one line) and exit with
+``error.exit_code`` (2: bad usage or set-up, as in ../shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+
+class ForkSafetyError(Exception):
+    """Base class: a problem the user can fix, with the fix in ``help``."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, help: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.help = help
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.help}" if self.help else self.message
+
+
+class SettingsError(ForkSafetyError):
+    """The settings (.env or environment) are invalid: unknown provider, missing key..."""
+
+
+class BrokerError(ForkSafetyError):
+    """The broker cannot be reached or started."""
+
+
+class UsageError(ForkSafetyError):
+    """Bad command-line arguments."""
+
+
+class PtraceError(ForkSafetyError):
+    """Attaching a debugger or stack sampler to a process is not permitted."""
+
+
+class ToolMissingError(ForkSafetyError):
+    """A debugger or tracer the command needs is not installed."""

@@ -1,0 +1,388 @@
+"""Run one Celery scenario for real: start a worker, wait until it is ready, send
+the task by name, watch the pool child, classify the outcome, stop everything.
+
+The runner process never imports chromadb: tasks are sent by name through an
+app made by ``forksafety.app.make_app``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from . import procinfo
+from .app import READY_FILE_ENV, make_app
+from .broker import Broker
+from .errors import UsageError
+from .outcome import Expected, Outcome, Verdict, expected_outcome
+from .settings import REPO_ROOT, Settings
+from .watch import RULE_DEADLINE, StallDetector, pdeathsig_preexec, stop_tree, wait_until
+
+POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
+DEFAULT_TEXTS = ["fork-safety check: first document", "fork-safety check: second document"]
+TASK_MODULE = "celery_examples.tasks_pool_test"
+POLL_INTERVAL = 0.02  # seconds between two looks at the result and the child
+
+# Prefork fix variants: the task module each one imports, and extra worker environment.
+VARIANTS: dict[str, dict] = {
+    "module-level": {"module": TASK_MODULE},
+    "worker-process-init": {"module": "celery_examples.tasks_worker_process_init"},
+    "lazy": {"module": "celery_examples.tasks_lazy"},
+    "lazy-in-task": {"module": "celery_examples.tasks_lazy_in_task"},
+    "spawn": {"module": TASK_MODULE, "env": {"POOL_START_METHOD": "spawn"}},
+    "forkserver": {"module": TASK_MODULE, "env": {"POOL_START_METHOD": "forkserver"}},
+}
+
+
+def make_scenario(pool: str, variant: str = "module-level", concurrency: int = 1) -> Scenario:
+    """The Scenario for ``pool`` / ``variant`` (raises UsageError for an unknown one)."""
+    if pool not in POOLS:
+        raise UsageError(f"unknown pool {pool!r}", f"use one of {', '.join(POOLS)}")
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown variant {variant!r}", f"use one of {', '.join(VARIANTS)}")
+    if variant != "module-level" and pool != "prefork":
+        raise UsageError(f"variant {variant!r} applies to the prefork pool only",
+                         "drop --variant, or use --pool prefork")
+    spec = VARIANTS[variant]
+    module = spec["module"]
+    return Scenario(pool=pool, variant=variant, module=module, task=f"{module}.add_documents_task",
+                    concurrency=concurrency, env=tuple(sorted(spec.get("env", {}).items())))
+
+
+def select_scenarios(pools: list[str] | None, variants: list[str] | None, everything: bool,
+                     concurrency: int = 1) -> list[Scenario]:
+    """Scenarios for the CLI's --pool / --variant / --all (in a stable order, no duplicates).
+
+    --all: every pool with the module-level store, then prefork with every other variant.
+    --variant without --pool: prefork. Raises UsageError for a combination that does not exist.
+    """
+    pairs: list[tuple[str, str]] = []
+    if everything:
+        pairs += [(p, "module-level") for p in POOLS]
+        pairs += [("prefork", v) for v in VARIANTS if v != "module-level"]
+    chosen_pools = list(pools or [])
+    if variants and not chosen_pools:
+        chosen_pools = ["prefork"]
+    for pool in chosen_pools:
+        for variant in variants or ["module-level"]:
+            pairs.append((pool, variant))
+    seen: set[tuple[str, str]] = set()
+    unique = [p for p in pairs if not (p in seen or seen.add(p))]
+    return [make_scenario(pool, variant, concurrency) for pool, variant in unique]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One worker run: a pool, a fix variant, the task module and task to send.
+
+    concurrency: pool size (children for prefork, threads/greenlets otherwise).
+    env: extra environment for the worker (e.g. the start method).
+    expected: None means ``expected_outcome(pool, variant)``.
+    check: how a successful return value is judged ("documents": the texts we sent
+      must come back with one id each; "any": any return value is a PASS).
+    """
+
+    pool: str
+    variant: str = "module-level"
+    module: str = TASK_MODULE
+    task: str = f"{TASK_MODULE}.add_documents_task"
+    args: tuple = (DEFAULT_TEXTS,)
+    concurrency: int = 1
+    env: tuple[tuple[str, str], ...] = ()
+    expected: Expected | None = None
+    check: str = "documents"
+
+    @property
+    def name(self) -> str:
+        """File-name-safe name, e.g. ``prefork_module-level``."""
+        return f"{self.pool}_{self.variant}"
+
+    def expect(self) -> Expected:
+        """The expected outcome of this scenario on this platform."""
+        return self.expected or expected_outcome(self.pool, self.variant)
+
+
+@dataclass
+class RunOptions:
+    """Bounds and places for a run. All durations are seconds.
+
+    timeout: deadline for the task, from sending it.
+    stall: window of the ``stalled`` hang rule.
+    startup_timeout: how long a worker may take to become ready.
+    log_dir: where worker logs and captures go (crash_dumps/).
+    capture: capture evidence from a hung child before stopping it.
+    """
+
+    timeout: float = 20.0
+    stall: float = 2.0
+    startup_timeout: float = 90.0
+    log_dir: Path = REPO_ROOT / "crash_dumps"
+    keep_data: bool = False
+    capture: bool = True
+    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
+
+
+_SIGNAL_RE = re.compile(r"signal (\d+) \((SIG\w+)\)")
+
+
+def _crash_signal(text: str) -> str | None:
+    """Signal name from Celery's WorkerLostError text, e.g. 'signal 5 (SIGTRAP)'."""
+    match = _SIGNAL_RE.search(text)
+    if match:
+        return match.group(2)
+    number = re.search(r"signal (\d+)", text)
+    if number:
+        try:
+            return signal.Signals(int(number.group(1))).name
+        except ValueError:
+            return None
+    return None
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _judge_return(value: object, scenario: Scenario) -> tuple[Outcome, str]:
+    if scenario.check == "any":
+        return Outcome.PASS, f"task returned {value!r}"[:200]
+    texts = list(scenario.args[0]) if scenario.args else []
+    if isinstance(value, dict) and value.get("texts") == texts and len(value.get("ids") or []) == len(texts):
+        return Outcome.PASS, f"task added {len(texts)} documents"
+    return Outcome.ERROR, f"task returned something other than the documents it was sent: {value!r}"[:300]
+
+
+class ScenarioRun:
+    """One scenario, start to finish. Use ``run()``; the worker is always stopped."""
+
+    def __init__(self, scenario: Scenario, broker: Broker, settings: Settings, options: RunOptions,
+                 progress: Callable[[str, str], None] | None = None) -> None:
+        self.scenario = scenario
+        self.broker = broker
+        self.settings = settings
+        self.options = options
+        self.progress = progress or (lambda name, status: None)
+        self.queue = f"forksafety.{options.run_id}.{scenario.name}"
+        self.chroma_dir = settings.chroma_dir / f"run-{options.run_id}-{scenario.name}"
+        self.log_path = options.log_dir / f"worker_{scenario.name}.log"
+        if scenario.variant == "module-level":
+            self.log_path = options.log_dir / f"worker_{scenario.pool}.log"
+        self.worker: subprocess.Popen | None = None
+        self._tmp = Path(tempfile.mkdtemp(prefix="forksafety-run-"))
+        self._cancelled = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.ready_file = self._tmp / "ready.json"
+
+    # -- worker life -------------------------------------------------------------
+    def command(self) -> list[str]:
+        """The ``celery worker`` command line this scenario runs."""
+        s = self.scenario
+        return [
+            sys.executable, "-m", "celery", "-A", s.module, "worker",
+            "--pool", s.pool, "--concurrency", str(s.concurrency), "--loglevel", "INFO",
+            "--hostname", f"{s.name}.{os.getpid()}@%h", "--queues", self.queue,
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]
+
+    def worker_environment(self) -> dict[str, str]:
+        """Environment of the worker: ours, plus broker, queue, chroma dir, ready file."""
+        env = dict(os.environ)
+        env.update(self.broker.worker_env(self.queue))
+        env.update(dict(self.scenario.env))
+        env["CHROMA_DIR"] = str(self.chroma_dir)
+        env[READY_FILE_ENV] = str(self.ready_file)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        return env
+
+    def start(self) -> None:
+        """Start the worker in its own process group, its log in ``log_path``."""
+        self.options.log_dir.mkdir(parents=True, exist_ok=True)
+        self.chroma_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log:
+            log.write(f"# {' '.join(self.command())}\n")
+            log.flush()
+            self.worker = subprocess.Popen(
+                self.command(), cwd=REPO_ROOT, env=self.worker_environment(),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=pdeathsig_preexec(),
+            )
+
+    def wait_ready(self) -> str | None:
+        """Wait (bounded by ``startup_timeout``) for Celery's worker_ready signal.
+        Returns None when ready, else why not."""
+        assert self.worker is not None
+        ready = wait_until(lambda: self.ready_file.exists() or self.worker.poll() is not None
+                           or self._cancelled.is_set(), self.options.startup_timeout, interval=0.05)
+        if self._cancelled.is_set():
+            return "cancelled"
+        if self.ready_file.exists():
+            return None
+        if self.worker.poll() is not None:
+            return f"worker exited with code {self.worker.returncode} before it was ready:\n{_tail(self.log_path)}"
+        assert not ready
+        return f"worker not ready after {self.options.startup_timeout:g} s:\n{_tail(self.log_path)}"
+
+    def stop(self) -> None:
+        """Stop the worker and every process it forked: SIGQUIT (Celery's cold
+        shutdown: running tasks are not waited for), 1 s grace, then SIGKILL.
+        Thread-safe and idempotent."""
+        with self._stop_lock:
+            if self.worker is None or self.worker.returncode is not None and not _group_alive(self.worker.pid):
+                return
+            stop_tree(self.worker.pid, grace=1.0, sig=signal.SIGQUIT, pgid=self.worker.pid)
+            try:
+                self.worker.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def cancel(self) -> None:
+        """Stop this scenario now (from any thread): its loops end, its worker is stopped."""
+        self._cancelled.set()
+        self.stop()
+
+    # -- the scenario --------------------------------------------------------------
+    def run(self) -> Verdict:
+        """Run the scenario and return its verdict. Never raises for a scenario that
+        goes wrong (that is an ERROR verdict); always stops the worker."""
+        started = time.monotonic()
+        verdict = None
+        try:
+            self.progress(self.scenario.name, "starting worker")
+            self.start()
+            problem = self.wait_ready()
+            if problem:
+                verdict = self._verdict(Outcome.ERROR, started, problem)
+            else:
+                self.progress(self.scenario.name, "task sent")
+                verdict = self._send_and_watch(started)
+        finally:
+            self.progress(self.scenario.name, "stopping worker")
+            self.stop()
+            self._cleanup()
+        verdict.seconds = time.monotonic() - started
+        self.progress(self.scenario.name, "done")
+        return verdict
+
+    def _verdict(self, outcome: Outcome, started: float, detail: str, **kw) -> Verdict:
+        return Verdict(pool=self.scenario.pool, variant=self.scenario.variant, outcome=outcome,
+                       expected=self.scenario.expect(), seconds=time.monotonic() - started,
+                       detail=detail, worker_log=str(self.log_path), **kw)
+
+    def _send_and_watch(self, started: float) -> Verdict:
+        s = self.scenario
+        app = make_app("forksafety-runner", environ=self.broker.worker_env(self.queue))
+        result = app.send_task(s.task, args=list(s.args), queue=self.queue)
+        deadline = time.monotonic() + self.options.timeout
+        detector = StallDetector(self.options.stall)
+        child_pid: int | None = None
+        started_seen: float | None = None
+        snap = None
+        try:
+            while True:
+                state = result.state
+                if state == "SUCCESS":
+                    outcome, detail = _judge_return(result.result, s)
+                    return self._verdict(outcome, started, detail, child_pid=child_pid,
+                                         verdict_seconds=self._since(started_seen))
+                if state == "FAILURE":
+                    exc = result.result
+                    text = f"{type(exc).__name__}: {exc}"
+                    if type(exc).__name__ == "WorkerLostError" or "Worker exited prematurely" in str(exc):
+                        return self._verdict(Outcome.CRASH, started, text, signal=_crash_signal(str(exc)),
+                                             child_pid=child_pid, verdict_seconds=self._since(started_seen))
+                    return self._verdict(Outcome.ERROR, started, text[:500], child_pid=child_pid,
+                                         verdict_seconds=self._since(started_seen))
+                if state == "STARTED" and child_pid is None:
+                    info = result.info if isinstance(result.info, dict) else {}
+                    child_pid = info.get("pid")
+                    started_seen = time.monotonic()
+                    self.progress(s.name, f"running in pid {child_pid}")
+                if child_pid is not None:
+                    try:
+                        snap = procinfo.snapshot(child_pid)
+                    except psutil.Error:
+                        snap = None  # the child died: Celery reports it as a FAILURE
+                    hang = detector.feed(snap) if snap is not None else None
+                    if hang is not None:
+                        return self._hang(started, hang.rule, child_pid, hang.snapshot, started_seen)
+                if self.worker.poll() is not None:
+                    return self._verdict(Outcome.CRASH if self.worker.returncode < 0 else Outcome.ERROR, started,
+                                         f"worker main process exited with code {self.worker.returncode}",
+                                         signal=signal.Signals(-self.worker.returncode).name if self.worker.returncode < 0 else None)
+                if self._cancelled.is_set():
+                    return self._verdict(Outcome.ERROR, started, "cancelled")
+                if time.monotonic() >= deadline:
+                    return self._hang(started, RULE_DEADLINE, child_pid, snap, started_seen)
+                time.sleep(POLL_INTERVAL)
+        finally:
+            try:
+                result.forget() if self.broker.kind != "filesystem" else None
+            except Exception:  # noqa: BLE001 - the run's keys are deleted by Broker.cleanup anyway
+                pass
+            app.close()
+
+    @staticmethod
+    def _since(t: float | None) -> float | None:
+        return None if t is None else time.monotonic() - t
+
+    def _hang(self, started: float, rule: str, child_pid: int | None,
+              snap: procinfo.ProcSnapshot | None, started_seen: float | None) -> Verdict:
+        latency = self._since(started_seen)
+        evidence = self._evidence(child_pid, snap)
+        if rule == RULE_DEADLINE:
+            detail = f"no result after {self.options.timeout:g} s"
+            if child_pid is None:
+                detail += " (the task never reached a pool child)"
+        else:
+            detail = f"{rule}: {evidence.get('summary', '')}"
+        return self._verdict(Outcome.HANG, started, detail, rule=rule, child_pid=child_pid,
+                             verdict_seconds=latency, evidence=evidence or None)
+
+    def _evidence(self, child_pid: int | None, snap: procinfo.ProcSnapshot | None) -> dict:
+        """Evidence from the hung child before it is stopped (see forksafety.capture)."""
+        if child_pid is None or snap is None or self.worker is None:
+            return {}
+        from .capture import capture_celery_child
+
+        return capture_celery_child(
+            child_pid=child_pid, worker_pid=self.worker.pid, snap=snap,
+            pool=self.scenario.pool, variant=self.scenario.variant,
+            log_dir=self.options.log_dir, full=self.options.capture,
+        )
+
+    def _cleanup(self) -> None:
+        import shutil
+
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        if not self.options.keep_data:
+            shutil.rmtree(self.chroma_dir, ignore_errors=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def run_scenario(scenario: Scenario, broker: Broker, settings: Settings, options: RunOptions,
+                 progress: Callable[[str, str], None] | None = None) -> Verdict:
+    """Run one scenario for real and return its Verdict (the worker is always stopped)."""
+    return ScenarioRun(scenario, broker, settings, options, progress).run()

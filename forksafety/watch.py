@@ -1,0 +1,181 @@
+"""Bounded waits, hang detection on a process, and stopping a whole process tree.
+
+Hang rules, strongest first (see ``classify_blocked``):
+
+* ``deadlock-proven``: the process has exactly one thread and it is blocked in a
+  futex wait on a *process-private* futex (FUTEX_PRIVATE_FLAG) with *no timeout*
+  (timeout pointer NULL). futex(2): a waiter sleeps until a FUTEX_WAKE on the
+  same address, a signal, or the timeout; a private futex can only be woken by
+  a thread of the same process, and there is no other thread. With no timeout,
+  nothing can ever end the wait: a deadlock, proven from one sample.
+* ``stalled``: every thread is blocked in a wait with no timeout, and the
+  process's CPU time has not advanced for the whole stall window (seconds).
+  Strong evidence, not a proof: another process could still, in principle, end
+  an I/O wait. Waits with a timeout (sleep, ``Event.wait(timeout)``) are never
+  called stalled: they end by themselves.
+* ``deadline``: the caller's deadline passed with no result (decided by the caller).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import psutil
+
+from . import procinfo
+
+RULE_PROVEN = "deadlock-proven"
+RULE_STALLED = "stalled"
+RULE_DEADLINE = "deadline"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> object:
+    """Call ``predicate`` every ``interval`` seconds until it returns a truthy value
+    or ``timeout`` seconds pass. Returns that value, or None on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+def is_proven_deadlock(snap: procinfo.ProcSnapshot) -> bool:
+    """True when ``snap`` is a single thread in an untimed private futex wait (futex(2))."""
+    if len(snap.threads) != 1:
+        return False
+    call = snap.threads[0].syscall
+    return bool(
+        call is not None
+        and call.futex is not None
+        and call.futex["private"]
+        and call.wait == "untimed"
+        and snap.threads[0].state in ("S", "D")
+    )
+
+
+def all_threads_untimed(snap: procinfo.ProcSnapshot) -> bool:
+    """True when every thread is asleep in a syscall wait that has no timeout."""
+    return bool(snap.threads) and all(
+        t.state in ("S", "D") and t.syscall is not None and t.syscall.wait == "untimed"
+        for t in snap.threads
+    )
+
+
+@dataclass
+class HangVerdict:
+    """A hang rule that fired: rule name, the snapshot it fired on, seconds observed."""
+
+    rule: str
+    snapshot: procinfo.ProcSnapshot
+    observed_seconds: float
+
+
+class StallDetector:
+    """Feed it snapshots of one process over time; it says when a hang rule fires.
+
+    stall: seconds during which every thread must stay in untimed waits with no
+    CPU progress before ``stalled`` fires. ``deadlock-proven`` fires at once.
+    """
+
+    def __init__(self, stall: float = 2.0) -> None:
+        self.stall = stall
+        self._since: float | None = None
+        self._cpu: float | None = None
+
+    def feed(self, snap: procinfo.ProcSnapshot, now: float | None = None) -> HangVerdict | None:
+        """Return a HangVerdict when a rule fires on ``snap`` (taken at ``now``), else None."""
+        now = time.monotonic() if now is None else now
+        if is_proven_deadlock(snap):
+            return HangVerdict(RULE_PROVEN, snap, 0.0)
+        if not all_threads_untimed(snap) or snap.cpu_seconds != self._cpu:
+            self._since = now if all_threads_untimed(snap) else None
+            self._cpu = snap.cpu_seconds
+            return None
+        if self._since is None:
+            self._since = now
+            return None
+        if now - self._since >= self.stall:
+            return HangVerdict(RULE_STALLED, snap, now - self._since)
+        return None
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and all its descendants (psutil), parents first; [] when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_processes(procs: Iterable[psutil.Process], grace: float = 1.0, sig: int = signal.SIGTERM) -> list[int]:
+    """Send ``sig`` to every process, wait up to ``grace`` seconds, SIGKILL the rest,
+    and wait (bounded, 5 s) until they are gone. Returns the pids still alive (normally [])."""
+    procs = [p for p in procs if p.is_running()]
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=5.0)
+    return [p.pid for p in alive]
+
+
+def stop_tree(pid: int, grace: float = 1.0, sig: int = signal.SIGTERM, pgid: int | None = None) -> list[int]:
+    """Stop ``pid``, every descendant, and (when given) every process of group ``pgid``.
+
+    Descendants are collected before any signal is sent, so children reparented
+    to init when their parent dies are still stopped. Returns pids still alive.
+    """
+    procs = {p.pid: p for p in process_tree(pid)}
+    if pgid is not None:
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) == pgid:
+                    procs.setdefault(p.pid, p)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+    return stop_processes(procs.values(), grace=grace, sig=sig)
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies.
+
+    prctl(2) PR_SET_PDEATHSIG (Linux only; a no-op elsewhere). Used in pool
+    children so a runner killed with SIGKILL cannot leave workers behind.
+    Note prctl(2): "parent" is the *thread* that created this process.
+    """
+    _prctl_pdeathsig()(sig)
+
+
+def _prctl_pdeathsig() -> Callable[[int], None]:
+    if not os.path.exists("/proc/self"):
+        return lambda sig: None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    PR_SET_PDEATHSIG = 1
+    return lambda sig: prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def pdeathsig_preexec(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn`` for subprocess.Popen that sets PR_SET_PDEATHSIG.
+
+    The libc symbol is resolved here, in the parent, so the forked child only
+    makes one foreign call before exec (no import, no lock taken).
+    """
+    call = _prctl_pdeathsig()
+    return lambda: call(sig)
