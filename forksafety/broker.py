@@ -9,6 +9,7 @@ run made and nothing else on the user's Redis.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .errors import BrokerError
 from .settings import redact_url
-from .watch import pdeathsig_preexec, stop_processes, wait_until
+from .watch import RUN_ID_ENV, pdeathsig_preexec, stop_processes, wait_until
 
 MODES = ("auto", "redis", "filesystem")
 START_REDIS_HELP = (
@@ -82,12 +83,13 @@ class Broker:
         if self.kind == "filesystem":
             assert self.data_folder is not None
             folder = self.data_folder / queue
-            for sub in ("in", "processed"):
+            for sub in ("in", "processed", "control"):
                 (folder / sub).mkdir(parents=True, exist_ok=True)
             return {
                 "data_folder_in": str(folder / "in"),
                 "data_folder_out": str(folder / "in"),
                 "processed_folder": str(folder / "processed"),
+                "control_folder": str(folder / "control"),  # default: ./control in the cwd
                 "store_processed": False,
             }
         return {"global_keyprefix": f"{self.key_prefix}{queue}:"}
@@ -166,6 +168,7 @@ def start_private_redis(run_id: str, timeout: float = 5.0) -> Broker:
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir), "--protected-mode", "yes", "--loglevel", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pdeathsig_preexec(),
+        env={**os.environ, RUN_ID_ENV: run_id}, start_new_session=True,
     )
     url = f"redis://127.0.0.1:{port}/0"
     broker = Broker("redis-private", url, url, key_prefix=f"forksafety:{run_id}:", process=proc,

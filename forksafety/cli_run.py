@@ -19,6 +19,7 @@ from .errors import ForkSafetyError, UsageError
 from .outcome import Outcome, Verdict
 from .report import results_record, results_table, write_json
 from .settings import check_writable, load_settings
+from .watch import sweep_run
 
 PROG = "run_test.py"
 
@@ -79,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = harness.select_scenarios(args.pool, args.variant, args.all, args.concurrency)
         settings = load_settings()
         check_writable(settings.chroma_dir)
-        args.log_dir.mkdir(parents=True, exist_ok=True)
-        check_writable(args.log_dir)
+        check_writable(args.log_dir, what="log folder", fix="pass a writable --log-dir")
+        if args.json:
+            check_writable(args.json.parent, what="--json folder", fix="pass a --json PATH in a writable folder")
+            if args.json.is_dir():
+                raise UsageError(f"--json {args.json} is a folder", "pass a file path, e.g. crash_dumps/results.json")
     except ForkSafetyError as exc:
         return fail(exc, prog=PROG)
     install_interrupt_handlers()
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if broker is not None:
             broker.cleanup()
+        left = sweep_run(options.run_id)
+        if left:
+            console.print(f"[yellow]stopped {len(left)} leftover process(es) of this run: {left}[/]")
     ordered = [verdicts[s.name] for s in scenarios]
     console.print(results_table(ordered))
     wall = time.monotonic() - started
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if v.evidence and v.evidence.get("log"):
             console.print(f"  {v.scenario}: evidence in {v.evidence['log']}")
     if args.json:
-        write_json(args.json, results_record(ordered, broker.describe(), wall_seconds=round(wall, 2),
+        write_json(args.json, results_record(ordered, broker.describe(), run_id=options.run_id, wall_seconds=round(wall, 2),
                                              timeout=args.timeout, stall=args.stall))
         console.print(f"results written to {args.json}")
     return EXIT_OK if matched else EXIT_MISMATCH

@@ -28,7 +28,7 @@ from .broker import Broker
 from .errors import UsageError
 from .outcome import Expected, Outcome, Verdict, expected_outcome
 from .settings import REPO_ROOT, Settings
-from .watch import RULE_DEADLINE, StallDetector, pdeathsig_preexec, stop_tree, wait_until
+from .watch import RUN_ID_ENV, RULE_DEADLINE, StallDetector, pdeathsig_preexec, stop_tree, wait_until
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
 DEFAULT_TEXTS = ["fork-safety check: first document", "fork-safety check: second document"]
@@ -206,6 +206,7 @@ class ScenarioRun:
         env.update(dict(self.scenario.env))
         env["CHROMA_DIR"] = str(self.chroma_dir)
         env[READY_FILE_ENV] = str(self.ready_file)
+        env[RUN_ID_ENV] = self.options.run_id
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         return env

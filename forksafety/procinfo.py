@@ -120,10 +120,14 @@ def decode_syscall(raw: str, machine: str = MACHINE) -> Syscall:
             call.wait = "untimed" if args[3] == 0 else "timed"
     elif name in ("nanosleep", "clock_nanosleep"):
         call.wait = "timed"
-    elif name in ("poll", "epoll_wait", "epoll_pwait"):
+    elif name == "poll":  # poll(fds, nfds, timeout_ms)
         call.wait = "untimed" if _signed32(args[2]) < 0 else "timed"
-    elif name in ("ppoll", "epoll_pwait2"):
+    elif name in ("epoll_wait", "epoll_pwait"):  # (epfd, events, maxevents, timeout_ms, ...)
+        call.wait = "untimed" if _signed32(args[3]) < 0 else "timed"
+    elif name == "ppoll":  # ppoll(fds, nfds, tmo_p, sigmask)
         call.wait = "untimed" if args[2] == 0 else "timed"
+    elif name == "epoll_pwait2":  # (epfd, events, maxevents, timeout*, sigmask)
+        call.wait = "untimed" if args[3] == 0 else "timed"
     elif name == "select":
         call.wait = "untimed" if args[4] == 0 else "timed"
     elif name == "pselect6":

@@ -125,10 +125,11 @@ def load_settings(
     )
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, what: str = "chroma folder",
+                   fix: str = "set CHROMA_DIR to a writable folder in .env or the environment") -> None:
     """Create ``folder`` if needed and check a file can be written in it.
 
-    Raises SettingsError naming the folder and the fix when it is not writable.
+    Raises SettingsError naming ``what``, the folder and ``fix`` when it is not writable.
     """
     probe = folder / ".forksafety-write-test"
     try:
@@ -136,7 +137,4 @@ def check_writable(folder: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise SettingsError(
-            f"chroma folder {folder} is not writable ({exc.strerror or exc})",
-            "set CHROMA_DIR to a writable folder in .env or the environment",
-        ) from None
+        raise SettingsError(f"{what} {folder} is not writable ({exc.strerror or exc})", fix) from None

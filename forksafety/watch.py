@@ -151,6 +151,35 @@ def stop_tree(pid: int, grace: float = 1.0, sig: int = signal.SIGTERM, pgid: int
     return stop_processes(procs.values(), grace=grace, sig=sig)
 
 
+RUN_ID_ENV = "FORKSAFETY_RUN_ID"
+
+
+def processes_of_run(run_id: str) -> list[psutil.Process]:
+    """Every live process whose environment has ``FORKSAFETY_RUN_ID=run_id``.
+
+    Every process a run starts carries that variable, and children inherit it
+    (fork, spawn and forkserver alike), so this finds them even after they were
+    reparented. Reading another process's environment needs the same user or root.
+    """
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(RUN_ID_ENV) == run_id:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def sweep_run(run_id: str, grace: float = 1.0) -> list[int]:
+    """Stop every process still tagged with ``run_id`` (see processes_of_run).
+    Returns the pids that were found (normally none)."""
+    procs = [p for p in processes_of_run(run_id) if p.pid != os.getpid()]
+    if procs:
+        stop_processes(procs, grace=grace)
+    return [p.pid for p in procs]
+
+
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent dies.
 

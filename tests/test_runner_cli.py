@@ -1,0 +1,78 @@
+"""Bad input to the runner: one clear line on stderr, exit code 2, promptly, no traceback."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import free_port, run_cli
+
+
+def _closed_redis() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+@pytest.fixture
+def blocked_dir(tmp_path):
+    """A path that cannot be a folder (its parent is a regular file), even for root."""
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    return file / "chroma"
+
+
+CASES = {
+    "no-selection": ([], {}, "choose --all, or --pool NAME"),
+    "unknown-pool": (["--pool", "forkpool"], {}, "argument --pool: invalid choice: 'forkpool'"),
+    "negative-timeout": (["--all", "--timeout", "-1"], {}, "must be a positive number of seconds"),
+    "text-timeout": (["--all", "--timeout", "soon"], {}, "is not a number of seconds"),
+    "zero-concurrency": (["--all", "--concurrency", "0"], {}, "must be 1 or more"),
+    "variant-on-threads": (["--pool", "threads", "--variant", "lazy"], {}, "applies to the prefork pool only"),
+    "unknown-broker": (["--all", "--broker", "rabbit"], {}, "argument --broker: invalid choice"),
+    "unknown-provider": (["--all"], {"PROVIDER": "cohere"}, "unknown PROVIDER 'cohere'"),
+    "missing-key": (["--all"], {"PROVIDER": "openai", "API_KEY": ""}, "PROVIDER=openai needs an API key"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_and_exit_2(name):
+    args, env, needle = CASES[name]
+    t0 = time.monotonic()
+    done = run_cli(args, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert needle in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert time.monotonic() - t0 < 15
+
+
+def test_unwritable_chroma_dir(blocked_dir):
+    done = run_cli(["--pool", "threads"], env={"CHROMA_DIR": str(blocked_dir)}, timeout=60)
+    assert done.returncode == 2
+    assert f"chroma folder {blocked_dir} is not writable" in done.stderr
+    assert "CHROMA_DIR" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unwritable_json_path(blocked_dir):
+    done = run_cli(["--pool", "threads", "--json", str(blocked_dir / "r.json")], timeout=60)
+    assert done.returncode == 2 and "--json folder" in done.stderr
+
+
+def test_unreachable_redis_fails_within_5_seconds_with_the_url_and_the_fix():
+    url = _closed_redis()
+    t0 = time.monotonic()
+    done = run_cli(["--pool", "threads", "--broker", "redis"], env={"REDIS_URL": url}, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 2
+    assert url in done.stderr and "is not reachable" in done.stderr and "redis-server" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    # 5 s for the broker check, plus the interpreter's own start-up
+    assert elapsed < 5 + 5, elapsed
+
+
+def test_help_lists_pools_and_variants():
+    done = run_cli(["--help"], timeout=60)
+    assert done.returncode == 0
+    for word in ("prefork", "threads", "solo", "gevent", "eventlet", "worker-process-init", "lazy-in-task",
+                 "spawn", "forkserver", "--parallel", "--stall"):
+        assert word in done.stdout
