@@ -270,8 +270,11 @@ class ScenarioRun:
             if problem:
                 verdict = self._verdict(Outcome.ERROR, started, problem)
             else:
+                ready_seconds = time.monotonic() - started
                 self.progress(self.scenario.name, "task sent")
                 verdict = self._send_and_watch(started)
+                verdict.extra["worker_ready_seconds"] = round(ready_seconds, 3)
+                verdict.extra["task_seconds"] = round(time.monotonic() - started - ready_seconds, 3)
         finally:
             self.progress(self.scenario.name, "stopping worker")
             self.stop()

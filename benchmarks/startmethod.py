@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Benchmark: what the prefork start methods cost. For fork (the `lazy` variant,
+so the task passes), spawn and forkserver: worker start (process start -> Celery's
+worker_ready) and first-task latency (task sent -> result), over several runs,
+one scenario at a time. Prints figures; asserts nothing.
+
+    python benchmarks/startmethod.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+METHODS = {"fork (variant lazy)": "lazy", "spawn": "spawn", "forkserver": "forkserver"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--broker", default="auto")
+    args = parser.parse_args()
+    ready: dict[str, list[float]] = {m: [] for m in METHODS}
+    task: dict[str, list[float]] = {m: [] for m in METHODS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.runs):
+            out = Path(tmp) / f"run{i}.json"
+            selection = [a for v in METHODS.values() for a in ("--variant", v)]
+            done = subprocess.run([sys.executable, str(REPO / "celery_examples/run_test.py"), *selection,
+                                   "--parallel", "1", "--broker", args.broker, "--json", str(out),
+                                   "--log-dir", str(Path(tmp) / "dumps")],
+                                  cwd=REPO, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                print(f"run {i + 1}: runner exit {done.returncode}\n{done.stdout[-1500:]}{done.stderr[-1500:]}")
+                return 1
+            by_variant = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+            for label, variant in METHODS.items():
+                ready[label].append(by_variant[variant]["extra"]["worker_ready_seconds"])
+                task[label].append(by_variant[variant]["extra"]["task_seconds"])
+    print(f"{'start method':<22} {'worker start s (mean/max)':>28} {'first task s (mean/max)':>26}")
+    for label in METHODS:
+        print(f"{label:<22} {statistics.mean(ready[label]):17.2f} / {max(ready[label]):5.2f}"
+              f" {statistics.mean(task[label]):15.2f} / {max(task[label]):5.2f}")
+    print(f"({args.runs} runs each, one scenario at a time)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
