@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from . import harness
 from .broker import MODES, resolve_broker
-from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, fail,
+from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, Interrupted, Parser, fail,
                   install_interrupt_handlers, positive_float, positive_int)
 from .errors import ForkSafetyError, UsageError
-from .outcome import Outcome, Verdict
+from .outcome import Verdict
 from .report import results_record, results_table, write_json
 from .settings import check_writable, load_settings
 from .watch import sweep_run
@@ -58,16 +59,42 @@ def make_console() -> Console:
 
 
 class Progress:
-    """Prints one line per status change (thread-safe), with the elapsed time."""
+    """Live progress of the scenarios: a rich live table on a terminal, one line per
+    status change otherwise (logs, CI). Thread-safe: scenario threads call it."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, names: list[str]) -> None:
         self.console = console
         self.t0 = time.monotonic()
         self.lock = threading.Lock()
+        self.status = {name: ("waiting", None) for name in names}
+        self.live = Live(self._table(), console=console, refresh_per_second=8, transient=True) \
+            if console.is_terminal else None
+
+    def _table(self) -> Table:
+        table = Table(box=None, show_header=False)
+        for name, (status, since) in self.status.items():
+            elapsed = f"{time.monotonic() - since:5.1f}s" if since is not None and status != "done" else ""
+            table.add_row(name, status, elapsed)
+        return table
+
+    def __enter__(self) -> "Progress":
+        if self.live:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.stop()
 
     def __call__(self, name: str, status: str) -> None:
         with self.lock:
-            self.console.print(f"[dim]{time.monotonic() - self.t0:5.1f}s[/] {name:<32} {status}", highlight=False)
+            since = self.status.get(name, (None, None))[1] or time.monotonic()
+            self.status[name] = (status, since)
+            if self.live:
+                self.live.update(self._table())
+            else:
+                self.console.print(f"[dim]{time.monotonic() - self.t0:5.1f}s[/] {name:<32} {status}",
+                                   highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"settings: {settings.redacted()}")
         console.print(f"{len(scenarios)} scenario(s), {min(args.parallel, len(scenarios))} at a time, "
                       f"task deadline {args.timeout:g} s")
-        progress = Progress(console)
+        progress = Progress(console, [s.name for s in scenarios])
         runs = [harness.ScenarioRun(s, broker, settings, options, progress) for s in scenarios]
         pool = ThreadPoolExecutor(max_workers=min(args.parallel, len(runs)))
+        progress.__enter__()
         try:
             futures = {pool.submit(r.run): r for r in runs}
             pending = set(futures)
@@ -115,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs:
                 r.cancel()
             pool.shutdown(wait=True)
+            progress.__exit__()
     except Interrupted as exc:
         console.print(f"[red]interrupted by {exc}: stopping every worker we started[/]")
         return EXIT_INTERRUPTED

@@ -7,7 +7,6 @@ app made by ``forksafety.app.make_app``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -15,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import Counter
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -354,7 +354,9 @@ class ScenarioRun:
             if child_pid is None:
                 detail += " (the task never reached a pool child)"
         else:
-            detail = f"{rule}: {evidence.get('summary', '')}"
+            lost = evidence.get("lost_threads") or []
+            detail = f"{evidence.get('syscall') or 'blocked'}; lost in the fork: " + \
+                     (", ".join(f"{n}x {name}" for name, n in Counter(lost).items()) or "no thread")
         return self._verdict(Outcome.HANG, started, detail, rule=rule, child_pid=child_pid,
                              verdict_seconds=latency, evidence=evidence or None)
 
