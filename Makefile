@@ -1,19 +1,93 @@
 # forksafety: reproduce, explain and verify the fork-safety deadlock (Celery prefork + ChromaDB).
-# `make` alone prints this help. Each target's exit code is the scenario's.
+# `make` alone prints this help. Each target succeeds exactly when its scenario does (0: every
+# outcome as expected); on failure make shows the scenario's own code as "Error N" (1 mismatch,
+# 2 usage/set-up) and, being GNU make, itself exits 2. `docker compose run --rm <service>`
+# exits with the scenario's code unchanged.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
+# Docker Compose v2 (`docker compose`) when the plugin is there, else v1 (`docker-compose`).
+ifeq ($(origin COMPOSE),undefined)
+COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+             elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; \
+             else echo "docker compose"; fi)
+endif
+export COMPOSE_PROJECT_NAME ?= forksafety
+RUN := $(COMPOSE) run --rm
+
 .DEFAULT_GOAL := help
-.PHONY: help install check native-test-all native-test-prefork native-test-threads native-test-solo \
+.PHONY: help build redis test-all test-prefork test-gevent test-eventlet test-threads test-solo \
+        demo-crash demo-gdb demo-strace demo-fixed shell clean down test-docker \
+        install check native-test-all native-test-prefork native-test-threads native-test-solo \
         native-test-gevent native-test-eventlet native-demo-crash native-demo-fixed native-demo-gdb \
-        native-demo-lldb native-demo-strace bench lock
+        native-demo-lldb native-demo-strace native-clean bench lock
 
-help: ## Show the targets
+help:
+	@echo "Docker (compose.yml; ARGS=... replaces a scenario's default arguments):"
+	@awk 'BEGIN {FS = ":.*##D "} /^[a-zA-Z0-9_-]+:.*##D / {printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "Without Docker (.venv from requirements.lock; ARGS=... is appended):"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "Variables: BASE_IMAGE (default python:3.12-slim), EXTRA_APT_PACKAGES, APP_IMAGE, REDIS_IMAGE, REDIS_PORT,"
+	@echo "           COMPOSE (now \"$(COMPOSE)\"), COMPOSE_PROJECT_NAME (default forksafety)"
 
+# ---- Docker ------------------------------------------------------------------------------
+build: ##D Build the image (BASE_IMAGE=... picks the Python base image)
+	$(COMPOSE) build test-all
+
+redis: ##D Start Redis in the background, published on 127.0.0.1 only (port REDIS_PORT, default 6379)
+	$(COMPOSE) up -d redis
+	@for i in $$(seq 60); do \
+	  cid=$$($(COMPOSE) ps -q redis); \
+	  [ -n "$$cid" ] && [ "$$(docker inspect -f '{{.State.Health.Status}}' $$cid)" = healthy ] && \
+	    { echo "Redis is up: REDIS_URL=redis://127.0.0.1:$${REDIS_PORT:-6379}/0"; exit 0; }; \
+	  sleep 1; done; echo "Redis did not become healthy in 60 s: $(COMPOSE) logs redis" >&2; exit 1
+
+test-all: ##D Pool matrix + prefork fix variants (crash_dumps/results.json)
+	$(RUN) test-all $(ARGS)
+
+test-prefork: ##D prefork pool only (HANG: the bug)
+	$(RUN) test-prefork $(ARGS)
+
+test-gevent: ##D gevent pool only
+	$(RUN) test-gevent $(ARGS)
+
+test-eventlet: ##D eventlet pool only
+	$(RUN) test-eventlet $(ARGS)
+
+test-threads: ##D threads pool only
+	$(RUN) test-threads $(ARGS)
+
+test-solo: ##D solo pool only
+	$(RUN) test-solo $(ARGS)
+
+demo-crash: ##D Fork demo without Celery: the child hangs
+	$(RUN) demo-crash $(ARGS)
+
+demo-gdb: ##D gdb attached to the stuck child: crash_dumps/gdb_*.log
+	$(RUN) demo-gdb $(ARGS)
+
+demo-strace: ##D The demo under strace -f: crash_dumps/strace_*.trace
+	$(RUN) demo-strace $(ARGS)
+
+demo-fixed: ##D Fork demo, store created after the fork: the child finishes
+	$(RUN) demo-fixed $(ARGS)
+
+shell: ##D A bash shell in the image, with Redis and ptrace
+	$(RUN) shell $(ARGS)
+
+clean: ##D Delete everything in crash_dumps/ but its README.md, and all Chroma data (chroma_data/)
+	$(RUN) clean
+
+down: ##D Stop and remove the containers and network (Redis included)
+	$(COMPOSE) down --remove-orphans
+
+test-docker: ##D Prove the Docker path on a machine without a registry (root; tests/docker/run.sh)
+	bash tests/docker/run.sh
+
+# ---- Without Docker ----------------------------------------------------------------------
 $(PY): requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
@@ -56,6 +130,10 @@ native-demo-lldb: $(PY) ## lldb attached to the stuck child: crash_dumps/lldb_*.
 
 native-demo-strace: $(PY) ## The demo under strace -f: crash_dumps/strace_*.trace
 	$(PY) scripts/demo_crash.py --strace $(ARGS)
+
+native-clean: ## Delete everything in crash_dumps/ but its README.md, and chroma_data/, chroma_db/
+	find crash_dumps -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf chroma_data chroma_db
 
 bench: $(PY) ## Benchmarks: pool matrix wall time (3 runs)
 	$(PY) benchmarks/matrix.py $(ARGS)

@@ -1,0 +1,23 @@
+#!/usr/bin/env python3
+"""Run the fork demo, wait until the child is stuck, and record it with gdb.
+
+    python scripts/gdb_attach_child.py                       # the bug (variant inherited)
+    python scripts/gdb_attach_child.py --variant same-dir-new-client --json crash_dumps/gdb.json
+    python scripts/gdb_attach_child.py --python-stack pystack  # skip gdb's py-bt
+
+Records info threads, thread apply all bt, the Python stack (py-bt, else pystack
+or py-spy), the registers and the futex call decoded for this architecture into
+crash_dumps/gdb_<variant>_<time>.log, then detaches and stops the child.
+Needs ptrace: run as root, or kernel.yama.ptrace_scope <= 1, or SYS_PTRACE in Docker.
+Exit codes: 0 recorded, 1 nothing stuck to record, 2 usage/set-up error, 130 interrupted.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from forksafety.cli_attach import gdb_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(gdb_main())

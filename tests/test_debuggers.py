@@ -1,0 +1,188 @@
+"""End-to-end tests of scripts/gdb_attach_child.py and scripts/lldb_attach_child.py:
+real debuggers attached to the real stuck child. Also the macOS lldb path (catch a
+crash of a gated child), driven here with a child that raises SIGTRAP itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from tests.demo_helpers import LiveScript, alive, assert_gone, assert_header, group_gone, run_script
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="attach mode runs on Linux")]
+needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed (apt-get install gdb)")
+needs_lldb = pytest.mark.skipif(shutil.which("lldb") is None, reason="lldb is not installed (apt-get install lldb)")
+FUTEX_NR = {"x86_64": 202, "aarch64": 98}
+
+
+def _section(text: str, title_start: str) -> str:
+    """The body of the first ``== title ==`` section whose title starts with ``title_start``."""
+    match = re.search(rf"^== {re.escape(title_start)}[^\n]*==\n(.*?)(?=^== |\Z)", text, re.M | re.S)
+    assert match, f"no section starting with {title_start!r}"
+    return match.group(1)
+
+
+@needs_gdb
+def test_gdb_records_the_stuck_child(tmp_path):
+    out = run_script("gdb_attach_child.py", "--json", tmp_path / "gdb.json", "--log-dir", tmp_path / "logs",
+                     tmp_path=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = json.loads((tmp_path / "gdb.json").read_text())
+    assert rec["capture_ok"] and rec["gdb"]["detached"] and rec["outcome"] == "HANG"
+    log = Path(rec["log"])
+    assert log.parent == tmp_path / "logs" and log.name.startswith("gdb_inherited_")
+    text = log.read_text()
+    assert_header(text)
+    assert "LWP" in _section(text, "gdb: info threads")
+    bt = _section(text, "gdb: thread apply all bt")
+    frame0 = next(line for line in bt.splitlines() if line.startswith("#0 "))
+    assert "syscall" in frame0 or "futex" in frame0  # the futex frame: glibc's syscall() doing futex(2)
+    assert "chromadb_rust_bindings" in bt  # a frame of the chromadb Rust bindings
+    python = text[text.index("== gdb: py-bt"):] if rec["gdb"]["python_stack_source"] == "py-bt" else \
+        _section(text, "Python stack (")
+    assert "add_documents" in python and "_child_main" in python  # the Python frame of the add call
+    decoded = _section(text, "current syscall decoded from the registers")
+    machine = rec["machine"]
+    assert f"syscall number {FUTEX_NR[machine]}" in decoded and "= futex" in decoded
+    assert "FUTEX_WAIT" in decoded and "expected value" in decoded and "address" in decoded
+    assert re.search(r"value now\s+\d+", decoded)
+    assert rec["gdb"]["syscall"]["futex"]["val"] == rec["gdb"]["syscall"]["value_now"]
+    assert "detached cleanly" in _section(text, "after gdb detached")
+    assert_gone(rec["pids"]["gdb"], rec["pids"]["child"])
+
+
+@needs_gdb
+def test_gdb_python_stack_fallback_to_pystack(tmp_path):
+    out = run_script("gdb_attach_child.py", "--python-stack", "pystack", "--json", tmp_path / "gdb.json",
+                     "--log-dir", tmp_path / "logs", tmp_path=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = json.loads((tmp_path / "gdb.json").read_text())
+    assert rec["gdb"]["python_stack_source"] == "pystack"
+    text = Path(rec["log"]).read_text()
+    assert "py-bt" not in " ".join(rec["gdb"]["command"])
+    stack = _section(text, "Python stack (pystack")
+    assert "add_documents" in stack and "chromadb_rust_bindings" in stack
+    assert_gone(rec["pids"]["gdb"], rec["pids"]["child"])
+
+
+@needs_gdb
+def test_gdb_ctrl_c_leaves_no_gdb_and_no_child(tmp_path):
+    # an extra gdb command that keeps gdb busy (attached) for a minute
+    live = LiveScript("gdb_attach_child.py", "--command", "python import time; time.sleep(60)",
+                      "--log-dir", tmp_path / "logs", tmp_path=tmp_path)
+    try:
+        child = int(live.wait_for(r"forked child pid (\d+)").group(1))
+        gdb = int(live.wait_for(r"gdb pid (\d+)").group(1))
+        assert alive(gdb)
+        live.interrupt(signal.SIGINT)
+        assert live.finish(timeout=30) == 130
+    finally:
+        if live.proc.poll() is None:
+            live.proc.kill()
+    assert "interrupted by SIGINT" in live.output()
+    assert_gone(gdb, child)
+    assert group_gone(gdb)
+
+
+@needs_gdb
+def test_ptrace_refused_is_one_clear_error(tmp_path):
+    fake = tmp_path / "gdb"
+    fake.write_text("#!/bin/sh\necho 'Could not attach to process.  If your uid matches the uid of the target'\n"
+                    "echo 'ptrace: Operation not permitted.'\nexit 1\n")
+    fake.chmod(0o755)
+    out = run_script("gdb_attach_child.py", "--gdb", fake, "--log-dir", tmp_path / "logs", tmp_path=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    for fix in ("ptrace is not permitted", "root", "kernel.yama.ptrace_scope", "SYS_PTRACE"):
+        assert fix in out.stderr
+    child = int(re.search(r"forked child pid (\d+)", out.stdout).group(1))
+    assert_gone(child)
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("gdb_attach_child.py", ["--gdb", "/nonexistent/gdb"], "gdb is not installed"),
+    ("lldb_attach_child.py", ["--lldb", "/nonexistent/lldb"], "lldb is not installed"),
+    ("gdb_attach_child.py", ["--variant", "fixed"], "no stuck child to attach to"),
+    ("lldb_attach_child.py", ["--timeout", "0"], "must be a positive number"),
+    ("gdb_attach_child.py", ["--variant", "nope"], "invalid choice"),
+])
+def test_debugger_set_up_errors_exit_2(tmp_path, script, args, message):
+    out = run_script(script, *args, tmp_path=tmp_path, timeout=60)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "forked child" not in out.stdout  # nothing was started
+
+
+@needs_lldb
+def test_lldb_records_the_stuck_childs_backtrace(tmp_path):
+    out = run_script("lldb_attach_child.py", "--json", tmp_path / "lldb.json", "--log-dir", tmp_path / "logs",
+                     tmp_path=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = json.loads((tmp_path / "lldb.json").read_text())
+    assert rec["capture_ok"] and rec["lldb"]["detached"]
+    log = Path(rec["log"])
+    assert log.name.startswith("lldb_inherited_")
+    text = log.read_text()
+    assert_header(text)
+    assert f"tid = {rec['child_pid']}" in _section(text, "lldb: thread list")
+    bt = _section(text, "lldb: bt all")
+    assert "frame #0:" in bt and "syscall" in bt.splitlines()[1]
+    assert "chromadb_rust_bindings" in bt and "libpython" in bt
+    assert "= futex" in _section(text, "current syscall decoded from the registers")
+    assert "add_documents" in _section(text, "Python stack (")
+    assert_gone(rec["pids"]["lldb"], rec["pids"]["child"])
+
+
+@needs_lldb
+def test_lldb_ctrl_c_leaves_no_lldb_and_no_child(tmp_path):
+    live = LiveScript("lldb_attach_child.py", "--command", "platform shell sleep 60",
+                      "--log-dir", tmp_path / "logs", tmp_path=tmp_path)
+    try:
+        child = int(live.wait_for(r"forked child pid (\d+)").group(1))
+        lldb = int(live.wait_for(r"lldb pid (\d+)").group(1))
+        live.interrupt(signal.SIGINT)
+        assert live.finish(timeout=30) == 130
+    finally:
+        if live.proc.poll() is None:
+            live.proc.kill()
+    assert_gone(lldb, child)
+    assert group_gone(lldb)  # lldb's own shell child (the sleep) too
+
+
+@needs_lldb
+def test_lldb_catch_mode_records_a_crash(tmp_path, monkeypatch):
+    """The macOS path: lldb attaches to the gated child before it runs, lets it go and
+    catches its crash. The child here raises SIGTRAP itself (the Linux child hangs)."""
+    from forksafety import cli_attach, demo
+    from forksafety.demo import DemoOptions, DemoRun
+    from forksafety.outcome import Outcome
+    from forksafety.settings import load_settings
+
+    def trap(_run):  # runs in the forked child, after the gate opened
+        os.kill(os.getpid(), signal.SIGTRAP)
+
+    monkeypatch.setattr(demo, "_child_store", trap)
+    settings = load_settings(environ={"CHROMA_DIR": str(tmp_path / "chroma")})
+    args = types.SimpleNamespace(timeout=30.0, tool_path="lldb", extra=[], log_dir=tmp_path / "logs")
+    started = []
+    with DemoRun("fixed", settings, DemoOptions(gate=True, stacks=False)) as run:
+        run.start()
+        child = run.child_pid
+        rec, cap, log, code = cli_attach._catch(run, args, started.append, "lldb_attach_child.py")
+    assert code == 0, cap.output
+    assert rec.outcome is Outcome.CRASH and rec.signal == "SIGTRAP"
+    text = log.read_text()
+    assert_header(text)
+    assert "stop reason" in text and "frame #0:" in _section(text, "lldb: bt all")
+    assert "rip = " in _section(text, "lldb: register read")
+    assert_gone(child, *started)
+    assert not (tmp_path / "chroma").exists() or list((tmp_path / "chroma").iterdir()) == []

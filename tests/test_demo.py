@@ -1,0 +1,232 @@
+"""End-to-end tests of scripts/demo_crash.py: the real fork, the real ChromaDB store.
+
+The outcomes asserted here are the ones measured on Linux with the pinned
+chromadb (see forksafety/demo.py VARIANTS); they are written out, not read
+from the code, so a change of behaviour fails a test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.demo_helpers import LiveScript, alive, assert_gone, assert_header, group_gone, run_script
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="outcomes measured on Linux")]
+
+# (variant, documents the child adds) -> outcome measured on Linux x86_64, chromadb 1.5.9.
+MEASURED = {
+    ("inherited", 2): "HANG",
+    ("fixed", 2): "OK",
+    ("parent-never-opened", 2): "OK",
+    ("same-dir-new-client", 2): "HANG",
+    ("other-dir", 2): "HANG",
+    ("other-dir", 1): "OK",
+    ("clear-system-cache", 2): "HANG",
+    ("close-before-fork", 2): "HANG",
+}
+
+
+def _record(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _chroma_left(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "chroma"
+    return list(folder.iterdir()) if folder.exists() else []
+
+
+def test_the_bug_hangs_with_evidence(tmp_path):
+    out = run_script("demo_crash.py", "--json", tmp_path / "demo.json", "--log-dir", tmp_path / "logs",
+                     tmp_path=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = _record(tmp_path / "demo.json")
+    assert (rec["variant"], rec["outcome"], rec["expected"], rec["matched"]) == ("inherited", "HANG", "HANG", True)
+    assert rec["rule"] == "deadlock-proven"
+    # the threads the child did not inherit, and its own thread count against the parent's
+    assert "tokio-rt-worker" in rec["lost_threads"] and "sqlx-sqlite-wor" in rec["lost_threads"]
+    assert rec["child_threads"] == ["python"] and len(rec["parent_threads"]) > 1
+    # state, wchan and the current syscall: an untimed, private futex wait whose value nobody changed
+    assert rec["child_state"] in ("S", "D") and "futex" in rec["child_wchan"]
+    assert rec["syscall"].startswith("futex(") and rec["syscall_raw"].split()[0] in ("202", "98")
+    futex = rec["futex"]
+    assert futex["op_name"].startswith("FUTEX_WAIT") and futex["private"] and futex["timeout"] == 0
+    assert futex["value_now"] == futex["val"]
+    assert "chromadb" in rec["versions"] and rec["machine"]
+    # the log: header, outcome, the same evidence, the Python stack of the add call
+    log = Path(rec["log"])
+    assert log.parent == tmp_path / "logs" and re.fullmatch(r"demo_inherited_\d{8}-\d{6}-\d{3}\.log", log.name)
+    text = log.read_text()
+    assert_header(text)
+    assert "outcome: HANG (deadlock-proven), expected HANG" in text
+    assert "not inherited by the child" in text and "tokio-rt-worker" in text
+    assert "FUTEX_WAIT" in text and f"wchan {rec['child_wchan']}" in text
+    assert "add_documents" in text  # py-spy / pystack stack of the child
+    assert "HANG (deadlock-proven)" in out.stdout and "not inherited:" in out.stdout
+    # the child is stopped and the store's folder removed
+    assert_gone(rec["pids"]["child"])
+    assert _chroma_left(tmp_path) == []
+
+
+def test_fixed_finishes(tmp_path):
+    out = run_script("demo_crash.py", "--fixed", "--json", tmp_path / "demo.json", "--log-dir", tmp_path / "logs",
+                     tmp_path=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = _record(tmp_path / "demo.json")
+    assert (rec["variant"], rec["outcome"], rec["matched"], rec["exit_code"]) == ("fixed", "OK", True, 0)
+    assert rec["parent_threads"] == ["python"]  # the parent never opened anything
+    assert "tokio-rt-worker" in rec["child_threads"]  # the child's own runtime, started after the fork
+    assert rec["lost_threads"] == [] and rec["syscall"] is None
+    assert_header(Path(rec["log"]).read_text())
+    assert_gone(rec["pids"]["child"])
+    assert _chroma_left(tmp_path) == []
+
+
+@pytest.mark.parametrize("variant,documents", [k for k in MEASURED if k[0] not in ("inherited", "fixed")],
+                         ids=lambda v: str(v))
+def test_variant_outcome_is_the_measured_one(tmp_path, variant, documents):
+    out = run_script("demo_crash.py", "--variant", variant, "--documents", documents, "--timeout", "5",
+                     "--no-stacks", "--json", tmp_path / "demo.json", "--log-dir", tmp_path / "logs",
+                     tmp_path=tmp_path)
+    rec = _record(tmp_path / "demo.json")
+    assert rec["outcome"] == MEASURED[(variant, documents)], out.stdout + out.stderr
+    assert out.returncode == 0 and rec["matched"], out.stdout  # the code's expectation is the measured one
+    assert rec["documents"] == documents
+    if rec["outcome"] == "HANG":
+        assert rec["syscall"].startswith("futex(") and rec["futex"]["timeout"] == 0
+        assert rec["lost_threads"]
+    assert_header(Path(rec["log"]).read_text())
+    assert_gone(rec["pids"]["child"])
+    assert _chroma_left(tmp_path) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--variant", "no-such-variant"], "invalid choice"),
+    (["--timeout", "-1"], "must be a positive number"),
+    (["--timeout", "soon"], "is not a number"),
+    (["--documents", "0"], "must be 1 or more"),
+    (["--fixed", "--variant", "inherited"], "not allowed with"),
+    (["--json", "{file}/record.json"], "not writable"),
+    (["--strace", "--strace-path", "/nonexistent/strace"], "strace is not installed"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    (tmp_path / "file").write_text("a file, not a folder")
+    args = [a.replace("{file}", str(tmp_path / "file")) for a in args]
+    out = run_script("demo_crash.py", *args, tmp_path=tmp_path, timeout=60)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout and "forked child" not in out.stdout
+
+
+def test_list_shows_every_variant(tmp_path):
+    out = run_script("demo_crash.py", "--list", tmp_path=tmp_path, timeout=60)
+    assert out.returncode == 0
+    for variant, _ in MEASURED:
+        assert re.search(rf"^{re.escape(variant)}\s+expected ", out.stdout, re.M)
+
+
+def test_strace_points_at_the_childs_unfinished_futex(tmp_path):
+    out = run_script("demo_crash.py", "--strace", "--json", tmp_path / "demo.json", "--log-dir", tmp_path / "logs",
+                     tmp_path=tmp_path, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = _record(tmp_path / "demo.json")
+    child = rec["child_pid"]
+    call = rec["strace"]["unfinished_futex"]
+    assert rec["outcome"] == "HANG" and call["pid"] == child
+    assert call["line"].startswith(f"{child} ") and "futex(" in call["line"] and "FUTEX_WAIT" in call["line"]
+    assert call["ended"] == "killed by SIGKILL"
+    trace = Path(rec["strace"]["trace"])
+    assert trace.parent == tmp_path / "logs" and trace.name.startswith("strace_inherited_") and trace.suffix == ".trace"
+    text = trace.read_text(errors="replace")
+    assert_header(text)
+    assert call["line"] in text and f"{child} " in text and "+++ killed by SIGKILL +++" in text
+    assert "unfinished futex call" in out.stdout
+    pids = rec["pids"]
+    assert_gone(pids["strace"], pids["demo_parent"], pids["child"])
+    assert group_gone(pids["strace"])
+    assert _chroma_left(tmp_path) == []
+
+
+def test_ctrl_c_stops_the_child_and_cleans_up(tmp_path):
+    # clear-system-cache hangs with several threads: no proof, so the demo waits the full timeout.
+    live = LiveScript("demo_crash.py", "--variant", "clear-system-cache", "--timeout", "120", "--no-stacks",
+                      "--log-dir", tmp_path / "logs", tmp_path=tmp_path)
+    try:
+        child = int(live.wait_for(r"forked child pid (\d+)").group(1))
+        live.wait_for(r"waiting up to")
+        time.sleep(0.5)
+        assert alive(child)
+        live.interrupt(signal.SIGINT)
+        assert live.finish(timeout=30) == 130
+    finally:
+        if live.proc.poll() is None:
+            live.proc.kill()
+    assert "interrupted by SIGINT" in live.output()
+    assert_gone(child)
+    assert _chroma_left(tmp_path) == []
+
+
+def test_parent_killed_with_sigkill_takes_the_child_with_it(tmp_path):
+    live = LiveScript("demo_crash.py", "--variant", "clear-system-cache", "--timeout", "120", "--no-stacks",
+                      "--log-dir", tmp_path / "logs", tmp_path=tmp_path)
+    try:
+        child = int(live.wait_for(r"forked child pid (\d+)").group(1))
+        live.wait_for(r"waiting up to")
+        live.interrupt(signal.SIGKILL)  # no cleanup code runs: PR_SET_PDEATHSIG must do it
+        assert live.finish(timeout=30) == -signal.SIGKILL
+    finally:
+        if live.proc.poll() is None:
+            live.proc.kill()
+    assert_gone(child)
+
+
+def test_ctrl_c_under_strace_stops_strace_and_everything_under_it(tmp_path):
+    live = LiveScript("demo_crash.py", "--strace", "--variant", "clear-system-cache", "--timeout", "120",
+                      "--log-dir", tmp_path / "logs", tmp_path=tmp_path)
+    try:
+        strace = int(live.wait_for(r"strace pid (\d+)").group(1))
+        parent = int(live.wait_for(r"parent pid (\d+):", timeout=120).group(1))
+        child = int(live.wait_for(r"forked child pid (\d+)", timeout=120).group(1))
+        live.wait_for(r"waiting up to")
+        live.interrupt(signal.SIGINT)
+        assert live.finish(timeout=60) == 130
+    finally:
+        if live.proc.poll() is None:
+            live.proc.kill()
+    assert_gone(strace, parent, child)
+    assert group_gone(strace)
+
+
+@pytest.mark.parametrize("action,outcome,signal_name,detail", [
+    ("raise", "ERROR", None, "RuntimeError: the store could not be opened"),
+    ("trap", "CRASH", "SIGTRAP", "killed by SIGTRAP"),  # what the macOS child dies of
+])
+def test_child_errors_and_crashes_are_reported(tmp_path, monkeypatch, action, outcome, signal_name, detail):
+    """ERROR and CRASH paths of DemoRun, with a child that fails on purpose (in-process fork)."""
+    import os
+    import resource
+
+    from forksafety import demo
+    from forksafety.settings import load_settings
+
+    def failing_store(_run):  # runs in the forked child
+        if action == "raise":
+            raise RuntimeError("the store could not be opened")
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file
+        os.kill(os.getpid(), signal.SIGTRAP)
+
+    monkeypatch.setattr(demo, "_child_store", failing_store)
+    settings = load_settings(environ={"CHROMA_DIR": str(tmp_path / "chroma")})
+    with demo.DemoRun("fixed", settings, demo.DemoOptions(timeout=30, stacks=False)) as run:
+        rec = run.run()
+    assert (rec.outcome.value, rec.signal) == (outcome, signal_name)
+    assert detail in rec.detail and not rec.matched
+    assert_gone(rec.child_pid)
+    assert _chroma_left(tmp_path) == []
