@@ -13,7 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forksafety.cli_run import main  # noqa: E402
-
 if __name__ == "__main__":
+    try:
+        from forksafety.cli_run import main
+    except KeyboardInterrupt:  # Ctrl-C while importing: nothing was started yet
+        sys.exit(130)
     sys.exit(main())

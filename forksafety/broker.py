@@ -114,6 +114,15 @@ class Broker:
             "FORKSAFETY_QUEUE": queue,
         }
 
+    def lost(self) -> str | None:
+        """None while the broker answers; else why not (Redis: PING within 2 s).
+        The filesystem broker is lost when its folder is gone."""
+        if self.kind == "filesystem":
+            return None if self.data_folder and self.data_folder.is_dir() else \
+                f"the filesystem broker's folder {self.data_folder} disappeared during the run"
+        error = redis_ping(self.url, timeout=2.0)
+        return None if error is None else f"Redis at {redact_url(self.url)} stopped answering during the run ({error})"
+
     def run_keys(self) -> list[str]:
         """Keys on Redis under this run's prefix (empty for the filesystem broker)."""
         if self.kind == "filesystem":

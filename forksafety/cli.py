@@ -22,9 +22,15 @@ class Interrupted(BaseException):
 
 
 def install_interrupt_handlers() -> None:
-    """Turn SIGINT and SIGTERM into ``Interrupted`` in the main thread."""
+    """Turn the first SIGINT or SIGTERM into ``Interrupted`` in the main thread.
+
+    Later ones are ignored, so a second Ctrl-C cannot cut the clean-up short
+    (every wait in the clean-up is bounded).
+    """
 
     def handler(signum, _frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Interrupted(signum)
 
     signal.signal(signal.SIGINT, handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -16,8 +17,8 @@ from . import harness
 from .broker import MODES, resolve_broker
 from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, Interrupted, Parser, fail,
                   install_interrupt_handlers, positive_float, positive_int)
-from .errors import ForkSafetyError, UsageError
-from .outcome import Verdict
+from .errors import BrokerError, ForkSafetyError, UsageError
+from .outcome import Outcome, Verdict
 from .report import results_record, results_table, write_json
 from .settings import check_writable, load_settings
 from .watch import sweep_run
@@ -97,6 +98,26 @@ class Progress:
                                    highlight=False)
 
 
+MAX_CONCURRENCY = 64  # pool processes per worker; more is a typo, not a test
+
+
+def remove_stale_run_folders(chroma_dir: Path) -> list[Path]:
+    """Remove ``run-<time>-<pid>-*`` Chroma folders left by runs that were killed
+    (their runner pid is gone). Returns the folders removed."""
+    import re
+    import shutil
+
+    import psutil
+
+    removed = []
+    for folder in chroma_dir.glob("run-*"):
+        match = re.match(r"run-\d{8}-\d{6}-(\d+)-", folder.name)
+        if match and folder.is_dir() and not psutil.pid_exists(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the matrix; return the exit code (0 matched, 1 mismatch, 2 usage/set-up, 130 interrupted)."""
     args = build_parser().parse_args(argv)
@@ -104,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.all and not args.pool and not args.variant:
         return fail("choose --all, or --pool NAME (repeatable); see --help", prog=PROG)
     try:
+        if args.concurrency > MAX_CONCURRENCY:
+            raise UsageError(f"--concurrency {args.concurrency} is more than {MAX_CONCURRENCY}",
+                             f"use 1 to {MAX_CONCURRENCY}: one pool child is enough to reproduce the deadlock")
         scenarios = harness.select_scenarios(args.pool, args.variant, args.all, args.concurrency)
         settings = load_settings()
         check_writable(settings.chroma_dir)
@@ -115,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     except ForkSafetyError as exc:
         return fail(exc, prog=PROG)
     install_interrupt_handlers()
+    try:
+        return _run(args, scenarios, settings, console)
+    except Interrupted as exc:
+        sys.stderr.write(f"{PROG}: interrupted by {exc}: every process of this run was stopped\n")
+        return EXIT_INTERRUPTED
+
+
+def _run(args, scenarios: list[harness.Scenario], settings, console: Console) -> int:
     options = harness.RunOptions(timeout=args.timeout, stall=args.stall, log_dir=args.log_dir,
                                  keep_data=args.keep_data, capture=not args.no_capture)
     broker = None
@@ -122,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     verdicts: dict[str, Verdict] = {}
     started = time.monotonic()
     try:
+        stale = remove_stale_run_folders(settings.chroma_dir)
+        if stale:
+            console.print(f"removed {len(stale)} Chroma folder(s) left by killed runs under {settings.chroma_dir}")
         broker = resolve_broker(args.broker, settings.redis_url, options.run_id)
         console.print(f"broker: {broker.describe()}")
         console.print(f"settings: {settings.redacted()}")
@@ -137,16 +172,18 @@ def main(argv: list[str] | None = None) -> int:
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    verdicts[futures[fut].scenario.name] = fut.result()
+                    verdict = fut.result()
+                    verdicts[futures[fut].scenario.name] = verdict
+                    if verdict.outcome is Outcome.ERROR:
+                        lost = broker.lost()
+                        if lost:
+                            raise BrokerError(lost, "check that Redis is running (redis-cli ping) and run again")
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             for r in runs:
                 r.cancel()
             pool.shutdown(wait=True)
             progress.__exit__()
-    except Interrupted as exc:
-        console.print(f"[red]interrupted by {exc}: stopping every worker we started[/]")
-        return EXIT_INTERRUPTED
     except ForkSafetyError as exc:
         return fail(exc, prog=PROG)
     finally:
@@ -164,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     for v in ordered:
         if v.evidence and v.evidence.get("log"):
             console.print(f"  {v.scenario}: evidence in {v.evidence['log']}")
+        if v.outcome is Outcome.ERROR and v.worker_log:
+            console.print(f"  {v.scenario}: ERROR, see {v.worker_log}")
     if args.json:
-        write_json(args.json, results_record(ordered, broker.describe(), run_id=options.run_id, wall_seconds=round(wall, 2),
-                                             timeout=args.timeout, stall=args.stall))
+        write_json(args.json, results_record(ordered, broker.describe(), run_id=options.run_id,
+                                             wall_seconds=round(wall, 2), timeout=args.timeout, stall=args.stall))
         console.print(f"results written to {args.json}")
     return EXIT_OK if matched else EXIT_MISMATCH

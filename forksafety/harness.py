@@ -28,7 +28,7 @@ from .broker import Broker
 from .errors import UsageError
 from .outcome import Expected, Outcome, Verdict, expected_outcome
 from .settings import REPO_ROOT, Settings
-from .watch import RUN_ID_ENV, RULE_DEADLINE, StallDetector, pdeathsig_preexec, stop_tree, wait_until
+from .watch import RUN_ID_ENV, RULE_DEADLINE, SCENARIO_ENV, sweep_run, StallDetector, pdeathsig_preexec, stop_tree, wait_until
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
 DEFAULT_TEXTS = ["fork-safety check: first document", "fork-safety check: second document"]
@@ -158,6 +158,18 @@ def _tail(path: Path, lines: int = 12) -> str:
         return ""
 
 
+def _cause(path: Path) -> str:
+    """The last line of a worker log that names an exception (the reason it died)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    for line in reversed(lines):
+        if re.match(r"^\s*[\w.]+(Error|Exception|Exit)\b.*:", line) or "Error:" in line:
+            return line.strip()[:300]
+    return lines[-1].strip()[:300] if lines else "(empty log)"
+
+
 def _judge_return(value: object, scenario: Scenario) -> tuple[Outcome, str]:
     if scenario.check == "any":
         return Outcome.PASS, f"task returned {value!r}"[:200]
@@ -183,10 +195,20 @@ class ScenarioRun:
         if scenario.variant == "module-level":
             self.log_path = options.log_dir / f"worker_{scenario.pool}.log"
         self.worker: subprocess.Popen | None = None
-        self._tmp = Path(tempfile.mkdtemp(prefix="forksafety-run-"))
+        self._tmp: Path | None = None  # made in start(), removed in _cleanup()
         self._cancelled = threading.Event()
         self._stop_lock = threading.Lock()
-        self.ready_file = self._tmp / "ready.json"
+
+    @property
+    def scenario_id(self) -> str:
+        """The FORKSAFETY_SCENARIO tag every process of this scenario carries."""
+        return f"{self.options.run_id}/{self.scenario.name}"
+
+    @property
+    def ready_file(self) -> Path:
+        """The file Celery's worker_ready signal writes (see forksafety.app)."""
+        assert self._tmp is not None, "start() makes the run's temporary folder"
+        return self._tmp / "ready.json"
 
     # -- worker life -------------------------------------------------------------
     def command(self) -> list[str]:
@@ -206,7 +228,11 @@ class ScenarioRun:
         env.update(dict(self.scenario.env))
         env["CHROMA_DIR"] = str(self.chroma_dir)
         env[READY_FILE_ENV] = str(self.ready_file)
+        # billiard's pymp-* folders (and anything else the worker puts in the temp
+        # dir) land in our folder, which is removed even when the worker is killed
+        env["TMPDIR"] = str(self._tmp)
         env[RUN_ID_ENV] = self.options.run_id
+        env[SCENARIO_ENV] = self.scenario_id
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         return env
@@ -215,6 +241,7 @@ class ScenarioRun:
         """Start the worker in its own process group, its log in ``log_path``."""
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
         self.chroma_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix="forksafety-run-"))
         with open(self.log_path, "w") as log:
             log.write(f"# {' '.join(self.command())}\n")
             log.flush()
@@ -235,7 +262,8 @@ class ScenarioRun:
         if self.ready_file.exists():
             return None
         if self.worker.poll() is not None:
-            return f"worker exited with code {self.worker.returncode} before it was ready:\n{_tail(self.log_path)}"
+            return (f"worker exited with code {self.worker.returncode} before it was ready: "
+                    f"{_cause(self.log_path)}\n{_tail(self.log_path)}")
         assert not ready
         return f"worker not ready after {self.options.startup_timeout:g} s:\n{_tail(self.log_path)}"
 
@@ -251,6 +279,9 @@ class ScenarioRun:
                 self.worker.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+            # a pool child forked while we stopped the tree (billiard replaces dead
+            # children) is not in the tree we collected: find it by its tag
+            sweep_run(self.scenario_id, grace=0.5, name=SCENARIO_ENV)
 
     def cancel(self) -> None:
         """Stop this scenario now (from any thread): its loops end, its worker is stopped."""
@@ -275,6 +306,8 @@ class ScenarioRun:
                 verdict = self._send_and_watch(started)
                 verdict.extra["worker_ready_seconds"] = round(ready_seconds, 3)
                 verdict.extra["task_seconds"] = round(time.monotonic() - started - ready_seconds, 3)
+        except Exception as exc:  # noqa: BLE001 - a scenario that goes wrong is an ERROR verdict
+            verdict = self._verdict(Outcome.ERROR, started, f"{type(exc).__name__}: {exc}"[:500])
         finally:
             self.progress(self.scenario.name, "stopping worker")
             self.stop()
@@ -314,9 +347,10 @@ class ScenarioRun:
                                          verdict_seconds=self._since(started_seen))
                 if state == "STARTED" and child_pid is None:
                     info = result.info if isinstance(result.info, dict) else {}
-                    child_pid = info.get("pid")
-                    started_seen = time.monotonic()
-                    self.progress(s.name, f"running in pid {child_pid}")
+                    if isinstance(info.get("pid"), int):
+                        child_pid = info["pid"]
+                        started_seen = time.monotonic()
+                        self.progress(s.name, f"running in pid {child_pid}")
                 if child_pid is not None:
                     try:
                         snap = procinfo.snapshot(child_pid)
@@ -375,7 +409,8 @@ class ScenarioRun:
     def _cleanup(self) -> None:
         import shutil
 
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
         if not self.options.keep_data:
             shutil.rmtree(self.chroma_dir, ignore_errors=True)
 

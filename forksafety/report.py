@@ -58,8 +58,9 @@ def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix") ->
     table = Table(title=title)
     for name, kw in (("pool", {"no_wrap": True}), ("variant", {"no_wrap": True}),
                      ("outcome", {"no_wrap": True}), ("expected", {"no_wrap": True}),
-                     ("match", {"justify": "center"}), ("seconds", {"justify": "right"}),
-                     ("detail", {"overflow": "ellipsis", "no_wrap": True, "max_width": 60})):
+                     ("match", {"justify": "center", "min_width": 5, "no_wrap": True}),
+                     ("seconds", {"justify": "right", "min_width": 7, "no_wrap": True}),
+                     ("detail", {"overflow": "ellipsis", "no_wrap": True, "max_width": 48})):
         table.add_column(name, **kw)
     for v in verdicts:
         colour = "green" if v.matched else "red"

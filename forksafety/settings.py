@@ -8,6 +8,7 @@ reads the file without touching ``os.environ``). API keys are never shown:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,13 +61,31 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password of a URL such as ``redis://:secret@host:6379/0``."""
-    if "@" not in url or "://" not in url:
+    """Hide every password in a URL: ``redis://:secret@host:6379/0`` and
+    ``redis://host/0?password=secret`` both come back with ``***``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" not in netloc and not any(k.lower() in ("password", "pass", "pwd")
+                                     for k, _ in parse_qsl(parts.query, keep_blank_values=True)):
         return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    if "@" in netloc:
+        creds, host = netloc.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in creds or user == "" else f"{creds}@{host}"
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if k.lower() in ("password", "pass", "pwd") else v)
+                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+COLLECTION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 
 
 def load_settings(
@@ -81,8 +100,14 @@ def load_settings(
     environ = os.environ if environ is None else environ
     env_file = env_file or Path(environ.get("FORKSAFETY_ENV_FILE", REPO_ROOT / ".env"))
     values: dict[str, str | None] = {}
+    if env_file.exists() and not env_file.is_file():
+        raise SettingsError(f"settings file {env_file} is not a file", "point FORKSAFETY_ENV_FILE at a .env file")
     if env_file.is_file():
-        values.update(dotenv_values(env_file))
+        try:
+            values.update(dotenv_values(env_file, encoding="utf-8"))
+        except (UnicodeDecodeError, OSError) as exc:
+            raise SettingsError(f"cannot read settings file {env_file} ({type(exc).__name__}: {exc})",
+                                "save it as UTF-8 text with KEY=value lines (see .env.example)") from None
     values.update(environ)
 
     def get(name: str, default: str = "") -> str:
@@ -111,6 +136,12 @@ def load_settings(
             f"FAKE_EMBEDDING_SIZE must be a positive integer, got {size_text!r}",
             "fix or remove it in .env",
         ) from None
+    collection = get("COLLECTION_NAME", "forksafety_docs")
+    if not COLLECTION_RE.match(collection) or ".." in collection:
+        raise SettingsError(
+            f"COLLECTION_NAME {collection!r} is not a valid Chroma collection name",
+            "use 3-512 characters from a-z A-Z 0-9 . _ -, starting and ending with a letter or digit",
+        )
     chroma_dir = Path(get("CHROMA_DIR", str(REPO_ROOT / "chroma_data"))).expanduser()
     if not chroma_dir.is_absolute():
         chroma_dir = REPO_ROOT / chroma_dir
@@ -121,7 +152,7 @@ def load_settings(
         fake_embedding_size=size,
         redis_url=get("REDIS_URL", DEFAULT_REDIS_URL),
         chroma_dir=chroma_dir,
-        collection_name=get("COLLECTION_NAME", "forksafety_docs"),
+        collection_name=collection,
     )
 
 

@@ -152,32 +152,40 @@ def stop_tree(pid: int, grace: float = 1.0, sig: int = signal.SIGTERM, pgid: int
 
 
 RUN_ID_ENV = "FORKSAFETY_RUN_ID"
+SCENARIO_ENV = "FORKSAFETY_SCENARIO"
 
 
-def processes_of_run(run_id: str) -> list[psutil.Process]:
-    """Every live process whose environment has ``FORKSAFETY_RUN_ID=run_id``.
+def processes_of_run(run_id: str, name: str = RUN_ID_ENV) -> list[psutil.Process]:
+    """Every live process (but this one) whose environment has ``name=run_id``.
 
-    Every process a run starts carries that variable, and children inherit it
-    (fork, spawn and forkserver alike), so this finds them even after they were
-    reparented. Reading another process's environment needs the same user or root.
+    Every process a run starts carries FORKSAFETY_RUN_ID (and each scenario's
+    FORKSAFETY_SCENARIO); children inherit it (fork, spawn and forkserver alike),
+    so this finds them even after they were reparented. Reading another
+    process's environment needs the same user or root.
     """
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get(RUN_ID_ENV) == run_id:
+            if proc.pid != os.getpid() and proc.environ().get(name) == run_id:
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
     return found
 
 
-def sweep_run(run_id: str, grace: float = 1.0) -> list[int]:
-    """Stop every process still tagged with ``run_id`` (see processes_of_run).
-    Returns the pids that were found (normally none)."""
-    procs = [p for p in processes_of_run(run_id) if p.pid != os.getpid()]
-    if procs:
+def sweep_run(run_id: str, grace: float = 1.0, name: str = RUN_ID_ENV, rounds: int = 3) -> list[int]:
+    """Stop every process still tagged ``name=run_id`` (see processes_of_run), in up
+    to ``rounds`` passes (a process being forked during one pass is caught by the
+    next). Returns the pids that were found (normally none). Bounded: each pass
+    waits at most ``grace`` + 5 seconds."""
+    found: list[int] = []
+    for _ in range(rounds):
+        procs = processes_of_run(run_id, name)
+        if not procs:
+            break
+        found += [p.pid for p in procs]
         stop_processes(procs, grace=grace)
-    return [p.pid for p in procs]
+    return found
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
