@@ -31,6 +31,8 @@ CASES = {
     "unknown-broker": (["--all", "--broker", "rabbit"], {}, "argument --broker: invalid choice"),
     "unknown-provider": (["--all"], {"PROVIDER": "cohere"}, "unknown PROVIDER 'cohere'"),
     "missing-key": (["--all"], {"PROVIDER": "openai", "API_KEY": ""}, "PROVIDER=openai needs an API key"),
+    "huge-concurrency": (["--all", "--concurrency", "100000"], {}, "--concurrency 100000 is more than 64"),
+    "bad-collection": (["--pool", "solo"], {"COLLECTION_NAME": "x"}, "not a valid Chroma collection name"),
 }
 
 

@@ -157,3 +157,30 @@ def test_repo_layout_keeps_the_lock_free_of_hosts():
     lock = (repo / "requirements.lock").read_text()
     assert "http://" not in lock and "https://" not in lock and "--index-url" not in lock
     assert "chromadb==1.5.9" in lock and "--hash=sha256:" in lock
+
+
+@pytest.mark.parametrize("url, hidden", [
+    ("redis://:hunter2@h:6379/0", "hunter2"),
+    ("redis://user:hunter2@h/0", "hunter2"),
+    ("redis://h:6379/0?password=hunter2&db=1", "hunter2"),
+])
+def test_every_kind_of_url_password_is_redacted(url, hidden):
+    assert hidden not in redact_url(url) and "***" in redact_url(url)
+
+
+def test_urls_without_password_are_unchanged():
+    for url in ("redis://localhost:6379/0", "filesystem://", "file:///tmp/x"):
+        assert redact_url(url) == url
+
+
+def test_env_file_that_is_not_utf8_is_a_settings_error(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"\xff\xfe\x00PROVIDER=fake\n")
+    with pytest.raises(SettingsError, match="cannot read settings file .* save it as UTF-8"):
+        load_settings(environ={}, env_file=env_file)
+
+
+@pytest.mark.parametrize("name", ["x", "ab", "-abc", "abc-", "a b c", "a" * 513])
+def test_invalid_collection_names_are_rejected_before_any_worker(tmp_path, name):
+    with pytest.raises(SettingsError, match="not a valid Chroma collection name"):
+        load_settings(environ={"COLLECTION_NAME": name}, env_file=tmp_path / "none")
