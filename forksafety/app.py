@@ -56,6 +56,15 @@ def make_app(main: str, environ: dict[str, str] | None = None) -> Celery:
     from .startmethod import start_method_from_env
 
     start_method_from_env(app, env)
+    # forksafety guard (issue 7): FORKSAFETY_GUARD=log|strict makes the worker's main
+    # process check, just before the prefork pool forks, for threads its children would
+    # lose (e.g. ChromaDB's tokio-rt-worker) and log them with the fix; strict also
+    # refuses to start the prefork pool. Unset: nothing changes. See forksafety/guard.py.
+    guard_mode = (env.get("FORKSAFETY_GUARD") or "").strip().lower()
+    if guard_mode:
+        from .guard import install_celery
+
+        install_celery(app, guard_mode)
     return app
 
 

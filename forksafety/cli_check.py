@@ -1,0 +1,251 @@
+"""``python -m forksafety check|lab``: the command line of the fork-safety checker.
+
+    python -m forksafety check pkg.tasks
+    python -m forksafety check path/to/tasks.py --json report.json
+    python -m forksafety check -A celery_examples.tasks_pool_test --probe add_documents_task --args '[["hi"]]'
+    python -m forksafety lab --all
+
+check exit codes: 0 SAFE (and the probe, if any, finished OK); 1 RISK or UNSAFE,
+or a probe that did not finish OK; 2 bad usage, or a target that cannot be
+imported (with the import's own error shown); 130 interrupted.
+lab exit codes: 0 every case right, 1 one was not, 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .check import PACKAGE_ROOT, PROBE_CAPTURE, CheckRequest, CheckRun, Report, format_report, run_check
+from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, fail,
+                  install_interrupt_handlers, positive_float, positive_int)
+from .errors import ForkSafetyError, UsageError
+
+PROG = "python -m forksafety"
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def build_parser() -> Parser:
+    """The argparse parser with the ``check`` and ``lab`` subcommands."""
+    p = Parser(prog=PROG, description="Tell before you deploy whether a fork() of your worker is safe.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    c = sub.add_parser("check", help="import a module, file or Celery app and report what a fork would break",
+                       description="Import TARGET in a fresh interpreter (bounded by --timeout) and report the "
+                                   "threads, SQLite databases, sockets and objects a fork() would copy, with a "
+                                   "verdict (SAFE, RISK, UNSAFE) and the fix for each finding.")
+    c.add_argument("target", nargs="?", help="a module (pkg.tasks) or a file (path/to/tasks.py)")
+    c.add_argument("-A", "--app", metavar="APP", help="a Celery app, as for `celery -A` (proj, proj.celery:app)")
+    c.add_argument("--probe", metavar="CALLABLE",
+                   help="fork, then call CALLABLE in the child (a name in the target, or module:callable) "
+                        "and report OK, HANG, CRASH <signal> or ERROR")
+    c.add_argument("--args", metavar="JSON",
+                   help="arguments for --probe: a JSON list (positional) or object (keywords)")
+    c.add_argument("--json", type=Path, metavar="PATH", help="write the full record to PATH")
+    c.add_argument("--timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                   help="bound on the target's import (default 30)")
+    c.add_argument("--probe-timeout", type=positive_float, default=15.0, metavar="SECONDS",
+                   help="bound on the probe child (default 15)")
+    c.add_argument("--stall", type=positive_float, default=2.0, metavar="SECONDS",
+                   help="window of the 'stalled' hang rule (default 2)")
+    c.add_argument("--capture", choices=PROBE_CAPTURE, default="full",
+                   help="evidence from a hung probe child: full (py-spy + pystack, default), light, none")
+    c.add_argument("--log-dir", type=Path, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
+                   help="where probe evidence goes (default crash_dumps/)")
+
+    lab = sub.add_parser("lab", help="run the case corpus: observed outcome of a real fork vs the check's verdict",
+                         description="Fork each case of forksafety/cases, record what happens in the child, run "
+                                     "check on it, and print both side by side with the agreement figure.")
+    lab.add_argument("--case", action="append", metavar="NAME", help="a case to run (repeatable); see --list")
+    lab.add_argument("--all", action="store_true", help="every case")
+    lab.add_argument("--list", action="store_true", help="list the cases and exit")
+    lab.add_argument("--json", type=Path, metavar="PATH", help="write the lab record to PATH")
+    lab.add_argument("--repeat", type=positive_int, default=1, metavar="N", help="runs per case (default 1)")
+    lab.add_argument("--parallel", type=positive_int, default=max(1, os.cpu_count() or 1), metavar="N",
+                     help="cases at once (default: the number of CPUs)")
+    lab.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
+                     help="bound on each case's import (default 60)")
+    lab.add_argument("--probe-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                     help="bound on each forked child (default 10)")
+    lab.add_argument("--stall", type=positive_float, default=2.0, metavar="SECONDS",
+                     help="window of the 'stalled' hang rule (default 2)")
+    lab.add_argument("--capture", choices=PROBE_CAPTURE, default="light",
+                     help="evidence from hung children: full (py-spy + pystack), light (default), none")
+    lab.add_argument("--log-dir", type=Path, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
+                     help="where evidence goes (default crash_dumps/)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m forksafety``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        return fail("choose a command: check or lab", prog=PROG)
+    install_interrupt_handlers()
+    try:
+        return check_main(args) if args.command == "check" else lab_main(args)
+    except BrokenPipeError:  # output piped into `head` & co: stop quietly (Python docs, signal module notes)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_MISMATCH
+    except Interrupted as exc:
+        sys.stderr.write(f"{PROG}: interrupted by {exc}: every process we started was stopped\n")
+        return EXIT_INTERRUPTED
+    except ForkSafetyError as exc:
+        return fail(exc, prog=f"{PROG} {args.command}")
+
+
+# ------------------------------------------------------------------------------ check
+def build_request(args) -> CheckRequest:
+    """CheckRequest from the parsed ``check`` arguments. Raises UsageError for a
+    missing or doubled target, a missing file, a malformed module name or bad --args."""
+    if bool(args.target) == bool(args.app):
+        raise UsageError("give exactly one target", "a module, a file, or -A APP")
+    if args.app:
+        kind, target = "app", args.app
+    elif args.target.endswith(".py") or os.sep in args.target or "/" in args.target:
+        kind, target = "file", args.target
+        if not Path(target).is_file():
+            raise UsageError(f"file {target} does not exist", "check the path, or give a module name")
+        target = str(Path(target).resolve())
+    else:
+        kind, target = "module", args.target
+        if not _MODULE_RE.match(target):
+            raise UsageError(f"{target!r} is not a module name", "use dotted names (pkg.tasks) or a path to a .py file")
+    probe_args = None
+    if args.args is not None:
+        if not args.probe:
+            raise UsageError("--args needs --probe", "add --probe CALLABLE")
+        try:
+            probe_args = json.loads(args.args)
+        except ValueError as exc:
+            raise UsageError(f"--args is not valid JSON ({exc})",
+                             """pass a JSON list, e.g. --args '["hi", 2]'""") from None
+        if not isinstance(probe_args, (list, dict)):
+            raise UsageError("--args must be a JSON list or object", """e.g. --args '["hi"]' or --args '{"n": 2}'""")
+    return CheckRequest(target=target, kind=kind, probe=args.probe, args=probe_args, timeout=args.timeout,
+                        probe_timeout=args.probe_timeout, stall=args.stall, capture=args.capture,
+                        log_dir=str(args.log_dir.resolve()), scenario=_scenario_name(target))
+
+
+def _scenario_name(target: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(target).stem if target.endswith(".py") else target)[:60]
+
+
+def check_lines(run: CheckRun) -> list[str]:
+    """What ``check`` prints for a run that imported fine: report, probe, timings."""
+    req = run.request
+    report = Report.from_dict(run.report)
+    label = {"module": "module", "file": "file", "app": "Celery app"}[req.kind]
+    lines = [f"forksafety check: {label} {req.target}",
+             f"imported in {run.import_seconds:.2f} s in a fresh interpreter (pid {report.pid}); "
+             f"inspected in {report.seconds * 1000:.0f} ms", ""]
+    lines += format_report(report)
+    if req.kind == "app" and report.verdict.value != "SAFE":
+        from .guard import CELERY_FIXES
+
+        lines += ["", "For this Celery app, with the prefork pool, fix (one of):"]
+        lines += [f"  - {fix}" for fix in CELERY_FIXES]
+    if run.probe:
+        p = run.probe
+        shown_args = json.dumps(req.args) if req.args is not None else ""
+        outcome = p["outcome"] + (f" {p['signal']}" if p.get("signal") else "")
+        rule = f" ({p['rule']})" if p.get("rule") else ""
+        lines += ["", f"Probe: {req.probe}({shown_args}) in a forked child: {outcome}{rule} after {p['seconds']:.2f} s",
+                  f"  {p.get('detail', '')}".rstrip()]
+        ev = p.get("evidence") or {}
+        if ev.get("lost_threads"):
+            lines.append(f"  threads lost in the fork: {', '.join(ev['lost_threads'])}")
+        if ev.get("top_python_frame"):
+            lines.append(f"  child stuck at: {ev['top_python_frame']}")
+        if ev.get("log"):
+            lines.append(f"  evidence: {ev['log']}")
+        if ev.get("traceback"):
+            lines += ["  " + line for line in ev["traceback"].rstrip().splitlines()[-6:]]
+    return lines
+
+
+def check_main(args) -> int:
+    """``check``: run it, print the report, write --json, return the exit code."""
+    request = build_request(args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+    run = run_check(request)
+    prog = f"{PROG} check"
+    if args.json:
+        args.json.write_text(json.dumps(run.to_dict(), indent=2, default=str) + "\n")
+    if run.status == "ok":
+        print("\n".join(check_lines(run)))
+        print(f"\nexit {run.exit_code}" + (f"; record written to {args.json}" if args.json else ""))
+        return run.exit_code
+    if run.status == "import-error":
+        fail(f"importing {request.target!r} failed: {run.error}", prog=prog)
+        sys.stderr.write((run.error_detail or "").rstrip() + "\n")
+    elif run.status == "timeout":
+        fail(f"{run.error}: it hangs at import (stack below); raise --timeout if it is only slow", prog=prog)
+        sys.stderr.write((run.error_detail or "").rstrip() + "\n")
+    elif run.status == "not-found":
+        fail(f"{run.error}: check the name, and run from the folder that contains it "
+             "(or set PYTHONPATH)", prog=prog)
+    elif run.status == "probe-not-found":
+        fail(f"--probe: {run.error}", prog=prog)
+    else:
+        fail(run.error or run.status, prog=prog)
+        tail = run.output.rstrip().splitlines()[-15:]
+        if tail:
+            sys.stderr.write("\n".join(tail) + "\n")
+    return EXIT_USAGE
+
+
+# ------------------------------------------------------------------------------ lab
+def lab_main(args) -> int:
+    """``lab``: run the chosen cases, print the table and the agreement figure."""
+    from .cases import CASES
+    from .lab import LabOptions, agreement, lab_details, lab_record, lab_table, run_lab, select_cases
+
+    if args.list:
+        width = max(len(c.name) for c in CASES)
+        for c in CASES:
+            kind = "control" if c.control else "case"
+            print(f"{c.name:<{width}}  {kind:<7}  expected {c.expected_text():<8} verdict {c.verdict:<6}  {c.summary}")
+        return EXIT_OK
+    if args.case and args.all:
+        raise UsageError("--case and --all exclude each other", "choose one")
+    cases = select_cases(args.case, args.all)
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    options = LabOptions(timeout=args.timeout, probe_timeout=args.probe_timeout, stall=args.stall,
+                         capture=args.capture, repeat=args.repeat, parallel=args.parallel,
+                         log_dir=args.log_dir.resolve())
+    print(f"forksafety lab: {len(cases)} case(s) x {args.repeat} run(s), {min(args.parallel, len(cases))} at a time; "
+          f"child bound {args.probe_timeout:g} s, stall window {args.stall:g} s", flush=True)
+    started = time.monotonic()
+    lock = threading.Lock()
+
+    def progress(name: str, status: str) -> None:
+        with lock:
+            print(f"{time.monotonic() - started:6.1f}s  {name:<24} {status}", flush=True)
+
+    results = run_lab(cases, options, progress)
+    wall = time.monotonic() - started
+    right, total = agreement(results)
+    print()
+    print("\n".join(lab_table(results)))
+    print()
+    print("\n".join(lab_details(results)))
+    print()
+    check_right = sum(r.check_right for r in results)
+    outcome_right = sum(r.outcome_right for r in results)
+    print(f"agreement: {right}/{total} cases right (observed outcome as measured, and check's verdict as expected); "
+          f"check right {check_right}/{total}, outcomes as measured {outcome_right}/{total}; {wall:.1f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(lab_record(results, options, wall), indent=2, default=str) + "\n")
+        print(f"record written to {args.json}")
+    return EXIT_OK if right == total else EXIT_MISMATCH
