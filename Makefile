@@ -23,7 +23,7 @@ RUN := $(COMPOSE) run --rm
         demo-crash demo-gdb demo-strace demo-fixed shell clean down test-docker \
         install check native-test-all native-test-prefork native-test-threads native-test-solo \
         native-test-gevent native-test-eventlet native-demo-crash native-demo-fixed native-demo-gdb \
-        native-demo-lldb native-demo-strace native-clean bench lock
+        native-demo-lldb native-demo-strace native-clean docs check-app lab bench lock
 
 help:
 	@echo "Docker (compose.yml; ARGS=... replaces a scenario's default arguments):"
@@ -134,6 +134,15 @@ native-demo-strace: $(PY) ## The demo under strace -f: crash_dumps/strace_*.trac
 native-clean: ## Delete everything in crash_dumps/ but its README.md, and chroma_data/, chroma_db/
 	find crash_dumps -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 	rm -rf chroma_data chroma_db
+
+docs: $(PY) ## Run the captures (demo, gdb, strace, matrix) and regenerate the captured blocks of README.md and docs/
+	$(PY) scripts/make_docs.py $(ARGS)
+
+check-app: $(PY) ## What a fork would break in the bug's task module (forksafety check; exit 1: UNSAFE)
+	$(PY) -m forksafety check celery_examples/tasks_pool_test.py $(ARGS)
+
+lab: $(PY) ## The checker's case corpus: a real fork's outcome against the check's verdict
+	$(PY) -m forksafety lab --all $(ARGS)
 
 bench: $(PY) ## Benchmarks: pool matrix wall time (3 runs)
 	$(PY) benchmarks/matrix.py $(ARGS)

@@ -2,7 +2,8 @@
 child, after the fork, from Celery's ``worker_process_init`` signal.
 
 Celery kills a child whose ``worker_process_init`` handlers take longer than
-4 s (``celery.concurrency.asynpool.PROC_ALIVE_TIMEOUT``): keep the handler fast.
+``worker_proc_alive_timeout`` (default 4.0 s, celery/app/defaults.py): keep the
+handler fast.
 Opening an embedded Chroma store takes well under a second; do no network call
 or model download here.
 

@@ -292,6 +292,9 @@ def child_evidence(child_pid: int, snap: procinfo.ProcSnapshot, parent_names: li
         sections.append(("current syscall (futex)", fut))
         futex = dict(snap.syscall.futex)
         futex["value_now"] = procinfo.read_u32(child_pid, futex["uaddr"])
+    fds = procinfo.fd_table(child_pid)
+    if fds:
+        sections.append(("file descriptors (/proc/<pid>/fd)", [f"  {fd:>4} -> {target}" for fd, target in fds]))
     top = None
     if stacks:
         stack_sections, top = python_stacks(child_pid)

@@ -324,6 +324,7 @@ class ScenarioRun:
     def _send_and_watch(self, started: float) -> Verdict:
         s = self.scenario
         app = make_app("forksafety-runner", environ=self.broker.worker_env(self.queue))
+        self._sent_wall = time.time()
         result = app.send_task(s.task, args=list(s.args), queue=self.queue)
         deadline = time.monotonic() + self.options.timeout
         detector = StallDetector(self.options.stall)
@@ -383,6 +384,12 @@ class ScenarioRun:
               snap: procinfo.ProcSnapshot | None, started_seen: float | None) -> Verdict:
         latency = self._since(started_seen)
         evidence = self._evidence(child_pid, snap)
+        if evidence and child_pid is not None:
+            try:  # when was the child forked? (Celery's prefork pool forks at pool start)
+                born = psutil.Process(child_pid).create_time()
+                evidence["child_forked_before_task_seconds"] = round(self._sent_wall - born, 2)
+            except (psutil.Error, AttributeError):
+                pass
         if rule == RULE_DEADLINE:
             detail = f"no result after {self.options.timeout:g} s"
             if child_pid is None:

@@ -262,6 +262,25 @@ def read_u32(pid: int, address: int) -> int | None:
     return struct.unpack("=I", data)[0] if len(data) == 4 else None  # native byte order
 
 
+def fd_table(pid: int) -> list[tuple[int, str]]:
+    """Open file descriptors of ``pid`` and what they point to, from the links in
+    ``/proc/<pid>/fd`` (proc(5)): files, ``socket:[inode]``, ``pipe:[inode]``,
+    ``anon_inode:[eventfd]``, ``anon_inode:[eventpoll]``... Sorted by fd; [] when
+    unreadable (another user's process, or not Linux)."""
+    folder = Path(f"/proc/{pid}/fd")
+    table = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    for name in names:
+        try:
+            table.append((int(name), os.readlink(folder / name)))
+        except (OSError, ValueError):
+            continue  # closed while we looked
+    return sorted(table)
+
+
 def lost_threads(parent_names: list[str], child_names: list[str]) -> list[str]:
     """Thread names the parent had that the child does not (multiset difference, sorted)."""
     remaining = list(child_names)

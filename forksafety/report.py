@@ -69,10 +69,11 @@ def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix") ->
     return table
 
 
-def markdown_table(verdicts: list[Verdict]) -> str:
-    """The same table in Markdown (for docs/)."""
+def markdown_table(results: list[dict]) -> str:
+    """The results table in Markdown (for docs/), from the JSON record's ``results``."""
     rows = ["| pool | variant | outcome | expected | match | seconds |", "|---|---|---|---|---|---|"]
-    for v in verdicts:
-        rows.append(f"| {v.pool} | {v.variant} | {_outcome_text(v)} | {v.expected} | "
-                    f"{'yes' if v.matched else 'NO'} | {v.seconds:.1f} |")
+    for r in results:
+        outcome = r["outcome"] + (f" {r['signal']}" if r.get("signal") else "") + (f" ({r['rule']})" if r.get("rule") else "")
+        rows.append(f"| {r['pool']} | {r['variant']} | {outcome} | {r['expected']} | "
+                    f"{'yes' if r['matched'] else 'NO'} | {r['seconds']:.1f} |")
     return "\n".join(rows)

@@ -1,0 +1,189 @@
+"""``make docs``: run the captures for real and regenerate the captured blocks.
+
+Runs (each bounded): the fork demo, every demo variant, the gdb attach, the demo
+under strace, and the Celery pool matrix; then rewrites every captured block
+of README.md and docs/*.md from what they wrote. ``--check`` only verifies
+that no block was edited by hand (exit 1 when one was).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import docs
+from .cli import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Parser
+from .report import markdown_table
+from .settings import REPO_ROOT
+
+PROG = "make_docs.py"
+PY = sys.executable
+
+
+def _run(argv: list[str], timeout: float, log: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([PY, *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**__import__("os").environ, "COLUMNS": "140"})
+    log.write_text(done.stdout + done.stderr)
+    return done
+
+
+def capture(out: Path, progress=print) -> None:
+    """Run every capture into ``out`` (logs, traces and JSON records). Raises
+    RuntimeError when a capture did not produce its record."""
+    from .demo import VARIANTS
+
+    dumps = out / "dumps"
+    jobs = [
+        ("demo", ["scripts/demo_crash.py", "--json", str(out / "demo.json"), "--log-dir", str(dumps)], 120),
+        ("gdb", ["scripts/gdb_attach_child.py", "--json", str(out / "gdb.json"), "--log-dir", str(dumps)], 180),
+        ("strace", ["scripts/demo_crash.py", "--strace", "--json", str(out / "strace.json"), "--log-dir", str(dumps)], 180),
+        ("matrix", ["celery_examples/run_test.py", "--all", "--json", str(out / "results.json"),
+                    "--log-dir", str(dumps)], 600),
+    ]
+    jobs.append(("startmethod", ["benchmarks/startmethod.py", "--runs", "2", "--json", str(out / "startmethod.json")], 600))
+    jobs += [(f"variant-{name}", ["scripts/demo_crash.py", "--variant", name, "--timeout", "5", "--no-stacks",
+                                  "--json", str(out / f"variant-{name}.json"), "--log-dir", str(dumps)], 120)
+             for name in VARIANTS]
+    for label, argv, timeout in jobs:
+        t0 = time.monotonic()
+        done = _run(argv, timeout, out / f"{label}.out")
+        progress(f"  {label:<32} exit {done.returncode} in {time.monotonic() - t0:5.1f} s")
+        record = argv[argv.index("--json") + 1]
+        if not Path(record).exists():
+            raise RuntimeError(f"{label} wrote no record (exit {done.returncode}); see {out / (label + '.out')}")
+
+
+def _fence(text: str, lang: str = "text") -> str:
+    return f"```{lang}\n{text.rstrip()}\n```\n"
+
+
+def _cut(text: str, width: int = 160) -> str:
+    return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in text.splitlines())
+
+
+def _tail_from(text: str, start: str) -> str:
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(start):
+            return "\n".join(lines[i:])
+    return text
+
+
+def bodies(out: Path) -> tuple[dict[str, str], str]:
+    """Block bodies from the captures in ``out``, and the provenance line."""
+    from .demo import VARIANTS
+
+    demo = json.loads((out / "demo.json").read_text())
+    gdb = json.loads((out / "gdb.json").read_text())
+    strace = json.loads((out / "strace.json").read_text())
+    matrix = json.loads((out / "results.json").read_text())
+    demo_log = Path(demo["log"]).read_text()
+    gdb_log = Path(gdb["log"]).read_text()
+    prefork = next(r for r in matrix["results"] if (r["pool"], r["variant"]) == ("prefork", "module-level"))
+    celery_log = Path(prefork["evidence"]["log"]).read_text()
+    v = matrix["versions"]
+    provenance = (f"{matrix['system']} {matrix['machine']}, Python {matrix['python']}, celery {v['celery']}, "
+                  f"billiard {v['billiard']}, chromadb {v['chromadb']}, {time.strftime('%Y-%m-%d', time.gmtime())}")
+    b: dict[str, str] = {}
+    b["demo-output"] = _fence(_cut((out / "demo.out").read_text()))
+    b["demo-threads"] = _fence(docs.section(demo_log, "threads") + "\n\n" + docs.section(demo_log, "current syscall"))
+    b["gdb-backtrace"] = _fence(_cut(docs.section(gdb_log, "gdb: info threads") + "\n\n" +
+                                     docs.section(gdb_log, "gdb: thread apply all bt")))
+    b["gdb-py-bt"] = _fence(docs.section(gdb_log, "gdb: py-bt") or docs.section(gdb_log, "Python stack"))
+    b["gdb-futex"] = _fence(docs.section(gdb_log, "gdb: x/wx") + "\n\n" + docs.section(gdb_log, "current syscall decoded"))
+    b["gdb-registers"] = _fence("\n".join(line for line in docs.section(gdb_log, "gdb: registers").splitlines()
+                                          if line.split()[:1] and line.split()[0] in
+                                          ("rax", "rdi", "rsi", "rdx", "r10", "rip", "orig_rax")))
+    strace_log = Path(strace["log"]).read_text()
+    fds = docs.section(strace_log, "file descriptors").splitlines()
+    b["strace-fds"] = _fence(f"# the same child {strace['child_pid']}: /proc/{strace['child_pid']}/fd while it hung "
+                             f"(from {Path(strace['log']).name})\n" + "\n".join(fds[:9]))
+    unfinished = strace["strace"]["unfinished_futex"]
+    b["strace-child"] = _fence(_cut("\n".join(
+        ["$ strace -f -tt -A -o crash_dumps/strace_<variant>_<time>.trace python scripts/demo_crash.py ...",
+         f"# child {unfinished['pid']}: what it did just before it blocked, then its unfinished futex call "
+         f"(trace line {unfinished['line_number']}; {unfinished['ended']}):",
+         *unfinished["before"], unfinished["line"]])))
+    spy = next(((h, body) for h, body in docs.sections(celery_log).items()
+                if h.startswith("py-spy") and "(exit 0)" in h), ("py-spy: (no successful dump)", ""))
+    b["celery-capture"] = _fence(_cut(docs.section(celery_log, "threads") + "\n\n" +
+                                      docs.section(celery_log, "current syscall") + "\n\n" +
+                                      f"$ {spy[0].split(': ', 1)[1].rsplit(' (exit', 1)[0]}\n" +
+                                      "\n".join(spy[1].splitlines()[:16])))
+    forked = prefork["evidence"].get("child_forked_before_task_seconds")
+    b["celery-fork-timing"] = (f"In the run above, the pool child that received the task had been forked "
+                               f"**{forked} s before the task was sent** (its start time, from psutil, against "
+                               f"the time the runner sent the task): the prefork pool forks its children when "
+                               f"the pool starts, not when a task arrives.\n")
+    b["celery-matrix"] = markdown_table(matrix["results"]) + "\n"
+    runner = (out / "matrix.out").read_text()
+    head = [line for line in runner.splitlines() if line.startswith(("broker:", "10 scenario", f"{len(matrix['results'])} scenario"))]
+    table = _tail_from(runner, next((line for line in runner.splitlines() if "Celery pool matrix" in line), ""))
+    b["runner-output"] = _fence(_cut("\n".join(head) + "\n...\n" + table, 150))
+    rows = ["| demo variant | what parent and child do | outcome here | rule | seconds | expected |",
+            "|---|---|---|---|---|---|"]
+    for name in VARIANTS:
+        rec = json.loads((out / f"variant-{name}.json").read_text())
+        outcome = rec["outcome"] + (f" {rec['signal']}" if rec.get("signal") else "")
+        rows.append(f"| `{name}` | {rec['summary']} | {outcome} | {rec.get('rule') or ''} | "
+                    f"{rec['seconds']:.2f} | {rec['expected']} |")
+    b["demo-variants"] = "\n".join(rows) + "\n"
+    b["startmethod-bench"] = _fence((out / "startmethod.out").read_text())
+    eventlet_log = (out / "dumps" / "worker_eventlet.log").read_text()
+    warning = [line for line in eventlet_log.splitlines() if "Eventlet is deprecated" in line
+               or "EventletDeprecationWarning" in line]
+    b["eventlet-warning"] = _fence("\n".join(_cut(line, 150) for line in warning[:3]) or "(no warning logged)")
+    return b, provenance
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Regenerate (default) or verify (--check) the captured blocks. Exit 0 ok,
+    1 a block was edited by hand or a capture failed, 2 usage."""
+    p = Parser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="only verify the blocks; exit 1 when one was edited")
+    p.add_argument("--from", dest="source", type=Path, metavar="DIR",
+                   help="reuse the captures of an earlier run (its --keep folder) instead of running them")
+    p.add_argument("--keep", type=Path, metavar="DIR", help="keep the captures in DIR")
+    args = p.parse_args(argv)
+    files = docs.docs_files(REPO_ROOT)
+    if args.check:
+        problems = [f"{f.relative_to(REPO_ROOT)}: {msg}" for f in files if f.exists()
+                    for msg in docs.verify_text(f.read_text())]
+        for line in problems:
+            print(line)
+        print(f"{len(problems)} problem(s) in {len(files)} file(s)")
+        return EXIT_MISMATCH if problems else EXIT_OK
+    if args.source and not (args.source / "results.json").exists():
+        sys.stderr.write(f"{PROG}: error: {args.source} holds no captures (results.json missing): "
+                         "pass the folder an earlier `make docs --keep DIR` wrote\n")
+        return EXIT_USAGE
+    with tempfile.TemporaryDirectory(prefix="forksafety-docs-") as tmp:
+        out = args.source or args.keep or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.source:
+            print(f"capturing into {out} (demo, gdb, strace, pool matrix, demo variants)")
+            try:
+                capture(out)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                sys.stderr.write(f"{PROG}: error: {exc}\n")
+                return EXIT_MISMATCH
+        blocks, provenance = bodies(out)
+        used: set[str] = set()
+        for f in files:
+            if not f.exists():
+                continue
+            text = f.read_text()
+            new, missing = docs.fill(text, blocks, provenance)
+            if missing:
+                sys.stderr.write(f"{PROG}: error: {f.name} has blocks nobody generates: {', '.join(missing)}\n")
+                return EXIT_MISMATCH
+            used.update(docs.block_names(text))
+            if new != text:
+                f.write_text(new)
+                print(f"updated {f.relative_to(REPO_ROOT)}")
+        print(f"blocks available: {len(blocks)}, used: {len(used & set(blocks))}; provenance: {provenance}")
+    return EXIT_OK
