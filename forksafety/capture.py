@@ -40,7 +40,7 @@ import psutil
 from . import procinfo
 from .errors import PtraceError, ToolMissingError
 from .versions import header_lines
-from .watch import pdeathsig_preexec
+from .watch import group_alive, pdeathsig_preexec
 
 TOOL_TIMEOUT = 20.0  # seconds any one external tool may take
 DEBUGGER_TIMEOUT = 60.0  # seconds gdb / lldb may take to attach, print and detach
@@ -74,13 +74,6 @@ def tool_available(command0: str) -> bool:
     return shutil.which(command0) is not None or Path(command0).is_file()
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
 
 def stop_group(proc: subprocess.Popen, grace: float = KILL_GRACE) -> None:
     """Stop ``proc`` and every process of its process group (it leads one: started
@@ -95,7 +88,7 @@ def stop_group(proc: subprocess.Popen, grace: float = KILL_GRACE) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             proc.poll()
-            if proc.returncode is not None and not _group_alive(pgid):
+            if proc.returncode is not None and not group_alive(pgid):
                 return
             time.sleep(0.02)
     try:

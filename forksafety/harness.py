@@ -28,7 +28,8 @@ from .broker import Broker
 from .errors import UsageError
 from .outcome import Expected, Outcome, Verdict, expected_outcome
 from .settings import REPO_ROOT, Settings
-from .watch import RUN_ID_ENV, RULE_DEADLINE, SCENARIO_ENV, sweep_run, StallDetector, pdeathsig_preexec, stop_tree, wait_until
+from .watch import (RULE_DEADLINE, RUN_ID_ENV, SCENARIO_ENV, StallDetector, group_alive, pdeathsig_preexec, stop_tree,
+                    sweep_run, wait_until)
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
 DEFAULT_TEXTS = ["fork-safety check: first document", "fork-safety check: second document"]
@@ -272,7 +273,7 @@ class ScenarioRun:
         shutdown: running tasks are not waited for), 1 s grace, then SIGKILL.
         Thread-safe and idempotent."""
         with self._stop_lock:
-            if self.worker is None or self.worker.returncode is not None and not _group_alive(self.worker.pid):
+            if self.worker is None or self.worker.returncode is not None and not group_alive(self.worker.pid):
                 return
             stop_tree(self.worker.pid, grace=1.0, sig=signal.SIGQUIT, pgid=self.worker.pid)
             try:
@@ -421,13 +422,6 @@ class ScenarioRun:
         if not self.options.keep_data:
             shutil.rmtree(self.chroma_dir, ignore_errors=True)
 
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def run_scenario(scenario: Scenario, broker: Broker, settings: Settings, options: RunOptions,

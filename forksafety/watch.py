@@ -106,6 +106,15 @@ class StallDetector:
         return None
 
 
+def group_alive(pgid: int) -> bool:
+    """True while any process of process group ``pgid`` exists (kill(2) with signal 0)."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 def process_tree(pid: int) -> list[psutil.Process]:
     """``pid`` and all its descendants (psutil), parents first; [] when it is gone."""
     try:
