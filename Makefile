@@ -89,6 +89,8 @@ test-docker: ##D Prove the Docker path on a machine without a registry (root; te
 
 # ---- Without Docker ----------------------------------------------------------------------
 $(PY): requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+	  { echo "make install: $(PYTHON) is Python `$(PYTHON) -c 'import platform; print(platform.python_version())'`; this project needs 3.11 or newer: make install PYTHON=python3.11" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
 	@touch $(PY)
@@ -149,4 +151,4 @@ bench: $(PY) ## Benchmarks: pool matrix wall time (3 runs)
 
 lock: ## Regenerate requirements.lock from pyproject.toml (needs uv)
 	uv lock
-	uv export --format requirements-txt --hashes --no-emit-project --all-groups --no-header -o requirements.lock
+	uv export --format requirements-txt --hashes --no-emit-project --all-groups --no-header -o requirements.lock > /dev/null

@@ -10,7 +10,6 @@ whether the verdicts were identical every time. Prints figures; asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -21,15 +20,21 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from forksafety.cli import Parser, positive_int  # noqa: E402
+
 POOLS = ["prefork", "threads", "solo", "gevent", "eventlet"]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = Parser(prog="matrix.py", description="Run the pool matrix several times and print wall time per "
+                    "scenario and in total, hang-verdict latency, and whether the verdicts were identical.")
+    parser.add_argument("--runs", type=positive_int, default=3, help="how many runs (default 3)")
     parser.add_argument("--pools-only", action="store_true", help="the five pools, no prefork variants")
-    parser.add_argument("--broker", default="auto")
-    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--broker", choices=("auto", "redis", "filesystem"), default="auto",
+                        help="passed to run_test.py (default auto)")
+    parser.add_argument("--parallel", type=positive_int, default=os.cpu_count() or 1,
+                        help="scenarios at once (default: CPU count)")
     args = parser.parse_args()
     selection = [a for p in POOLS for a in ("--pool", p)] if args.pools_only else ["--all"]
     walls, per_scenario, latencies, verdict_sets = [], {}, [], []

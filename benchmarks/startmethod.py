@@ -9,7 +9,6 @@ one scenario at a time. Prints figures; asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -18,13 +17,18 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from forksafety.cli import Parser, positive_int  # noqa: E402
+
 METHODS = {"fork (variant lazy)": "lazy", "spawn": "spawn", "forkserver": "forkserver"}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--broker", default="auto")
+    parser = Parser(prog="startmethod.py", description="Measure worker start and first-task latency of the "
+                    "prefork pool with the fork, spawn and forkserver start methods.")
+    parser.add_argument("--runs", type=positive_int, default=3, help="how many runs (default 3)")
+    parser.add_argument("--broker", choices=("auto", "redis", "filesystem"), default="auto",
+                        help="passed to run_test.py (default auto)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     ready: dict[str, list[float]] = {m: [] for m in METHODS}

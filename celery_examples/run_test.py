@@ -14,8 +14,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 if __name__ == "__main__":
-    try:
-        from forksafety.cli_run import main
-    except KeyboardInterrupt:  # Ctrl-C while importing: nothing was started yet
-        sys.exit(130)
-    sys.exit(main())
+    from forksafety.bootstrap import run
+
+    sys.exit(run("forksafety.cli_run", "main", Path(__file__).name))

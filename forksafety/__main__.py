@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli_check import main
+from .bootstrap import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("forksafety.cli_check", "main", "python -m forksafety"))

@@ -205,14 +205,24 @@ def python_stacks(pid: int) -> tuple[list[Section], str | None]:
     top = top_python_frame(spy.output) if spy.ok() else None
     sections.append((f"py-spy: {' '.join(spy.command)} (exit {spy.returncode})", spy.output))
     if not spy.ok() and spy.returncode is not None:
+        failed = spy
         spy = py_spy_dump(pid, native=False)
         top = top_python_frame(spy.output) if spy.ok() else None
+        if spy.ok():  # keep the failed attempt to one line: its Rust backtrace is py-spy's, not the bug's
+            reason = next((ln.strip() for ln in failed.output.splitlines() if "UNW_" in ln or ln.startswith("Error")),
+                          "see py-spy")
+            sections[-1] = (f"py-spy: {' '.join(failed.command)} (exit {failed.returncode})",
+                            f"py-spy could not unwind the native frames ({reason}): the Rust library is "
+                            "stripped. Retried without --native below.")
         sections.append((f"py-spy: {' '.join(spy.command)} (exit {spy.returncode})", spy.output))
     if sys.platform.startswith("linux"):
         stack = pystack_remote(pid)
         if top is None and stack.ok():
             top = top_python_frame_pystack(stack.output)
-        sections.append((f"pystack: {' '.join(stack.command)} (exit {stack.returncode})", stack.output))
+        note = ("(Oldest frame first. The frames before the task are the code that was running when the "
+                "process forked: a forked child keeps the stack of the thread that called fork().)\n")
+        sections.append((f"pystack: {' '.join(stack.command)} (exit {stack.returncode})",
+                         (note if stack.ok() else "") + stack.output))
     return sections, top
 
 
@@ -253,6 +263,48 @@ def count_names(names: list[str]) -> str:
     return ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts.items()) or "(none)"
 
 
+def explain_child(snap: procinfo.ProcSnapshot, lost: list[str], parent_word: str) -> list[str]:
+    """Plain-language reading of the evidence, for the top of a capture file.
+
+    Thread origins come from the known-origins table (threadorigins.json, one
+    source per entry); the futex reading from futex(2).
+    """
+    from collections import Counter
+
+    from .check import load_origins
+
+    lines = []
+    n = len(snap.threads)
+    lines.append(f"The child has {n} thread(s). fork(2) copies only the thread that calls fork(), so the "
+                 f"child did not get these threads of the {parent_word}:")
+    origins = load_origins()
+    for name, count in sorted(Counter(lost).items()):
+        entry = origins.for_thread_name(name)
+        what = f"{entry.origin}; {entry.library}" if entry else "origin unknown"
+        lines.append(f"  {count} x {name}: {what}")
+    if not lost:
+        lines.append("  (none)")
+    if any(len(name) == 15 for name in lost):
+        lines.append("  (Linux keeps at most 15 bytes of a thread name: longer names appear cut, "
+                     "e.g. sqlx-sqlite-worker as sqlx-sqlite-wor.)")
+    call = snap.syscall
+    if call is not None and call.futex is not None:
+        f = call.futex
+        lines.append(f"Its main thread sleeps in the kernel (wchan {snap.wchan}: the kernel function it waits in) "
+                     f"inside futex(2) {f['op_name']}: it waits until another thread changes the 32-bit word at "
+                     f"{hex(f['uaddr'])} from {f['val']} and wakes it.")
+        if f["private"]:
+            lines.append("The futex is private: only a thread of this same process can wake it.")
+        if f["timeout"] == 0:
+            lines.append("There is no timeout: the wait ends only when it is woken.")
+        if n == 1 and f["private"] and call.wait == "untimed":
+            lines.append("The child has no other thread, so nothing can ever wake it: a proven deadlock. "
+                         "The task will never finish.")
+    elif call is not None:
+        lines.append(f"Its main thread is in {call.describe()} ({call.wait} wait).")
+    return lines
+
+
 def child_evidence(child_pid: int, snap: procinfo.ProcSnapshot, parent_names: list[str],
                    parent_pid: int, parent_label: str = "parent", child_label: str = "child",
                    stacks: bool = True, parent_word: str = "parent",
@@ -273,6 +325,7 @@ def child_evidence(child_pid: int, snap: procinfo.ProcSnapshot, parent_names: li
     child_names = [t.name for t in snap.threads]
     lost = sorted(lost) if lost is not None else procinfo.lost_threads(parent_names, child_names)
     sections: list[Section] = [
+        ("what this means", explain_child(snap, lost, parent_word)),
         (f"{child_label} process", describe_snapshot(snap)),
         (f"threads: {parent_label} vs {child_label}",
          [f"{parent_label} (pid {parent_pid}): {len(parent_names)} threads: {', '.join(sorted(parent_names))}",
@@ -325,7 +378,7 @@ def write_dump(path: Path, title: str, sections: list[Section],
 
 
 def capture_celery_child(child_pid: int, worker_pid: int, snap: procinfo.ProcSnapshot, pool: str,
-                         variant: str, log_dir: Path, full: bool = True) -> dict:
+                         variant: str, log_dir: Path, full: bool = True, verdict: str = "") -> dict:
     """Capture a hung Celery pool child into ``crash_dumps/celery_<pool>_<variant>_<ts>.log``.
 
     Compares the child's threads with the worker main process's (the threads
@@ -340,6 +393,8 @@ def capture_celery_child(child_pid: int, worker_pid: int, snap: procinfo.ProcSna
     sections, ev = child_evidence(child_pid, snap, worker_names, worker_pid,
                                   parent_label="worker main", child_label="pool child", stacks=full,
                                   parent_word="worker")
+    if verdict:
+        sections.insert(0, ("verdict", [verdict]))
     path = write_dump(dump_path(log_dir, "celery", f"{pool}_{variant}"),
                       f"celery pool child capture ({pool}/{variant})", sections)
     return {"lost_threads": ev["lost_threads"], "syscall": ev["syscall"],

@@ -160,6 +160,9 @@ def _run(args, scenarios: list[harness.Scenario], settings, console: Console) ->
         broker = resolve_broker(args.broker, settings.redis_url, options.run_id)
         console.print(f"broker: {broker.describe()}")
         console.print(f"settings: {settings.redacted()}")
+        if os.environ.get("POOL_START_METHOD"):
+            console.print(f"note: POOL_START_METHOD={os.environ['POOL_START_METHOD']} is ignored here: each scenario "
+                          "sets its own start method (use --variant spawn or --variant forkserver)")
         console.print(f"{len(scenarios)} scenario(s), {min(args.parallel, len(scenarios))} at a time, "
                       f"task deadline {args.timeout:g} s")
         progress = Progress(console, [s.name for s in scenarios])
@@ -193,7 +196,7 @@ def _run(args, scenarios: list[harness.Scenario], settings, console: Console) ->
         if left:
             console.print(f"[yellow]stopped {len(left)} leftover process(es) of this run: {left}[/]")
     ordered = [verdicts[s.name] for s in scenarios]
-    console.print(results_table(ordered))
+    console.print(results_table(ordered, width=console.width))
     wall = time.monotonic() - started
     matched = all(v.matched for v in ordered)
     console.print(f"{sum(v.matched for v in ordered)}/{len(ordered)} matched the expected outcome "
@@ -206,5 +209,5 @@ def _run(args, scenarios: list[harness.Scenario], settings, console: Console) ->
     if args.json:
         write_json(args.json, results_record(ordered, broker.describe(), run_id=options.run_id,
                                              wall_seconds=round(wall, 2), timeout=args.timeout, stall=args.stall))
-        console.print(f"results written to {args.json}")
+        console.print(f"results written to {args.json.resolve()}")
     return EXIT_OK if matched else EXIT_MISMATCH

@@ -54,8 +54,8 @@ def make_scenario(pool: str, variant: str = "module-level", concurrency: int = 1
     if variant not in VARIANTS:
         raise UsageError(f"unknown variant {variant!r}", f"use one of {', '.join(VARIANTS)}")
     if variant != "module-level" and pool != "prefork":
-        raise UsageError(f"variant {variant!r} applies to the prefork pool only",
-                         "drop --variant, or use --pool prefork")
+        raise UsageError(f"variant {variant!r} applies to the prefork pool only, not to --pool {pool}",
+                         f"run --pool {pool} and the prefork variants separately")
     spec = VARIANTS[variant]
     module = spec["module"]
     return Scenario(pool=pool, variant=variant, module=module, task=f"{module}.add_documents_task",
@@ -226,6 +226,7 @@ class ScenarioRun:
         """Environment of the worker: ours, plus broker, queue, chroma dir, ready file."""
         env = dict(os.environ)
         env.update(self.broker.worker_env(self.queue))
+        env.pop("POOL_START_METHOD", None)  # the scenario decides: --variant spawn / forkserver
         env.update(dict(self.scenario.env))
         env["CHROMA_DIR"] = str(self.chroma_dir)
         env[READY_FILE_ENV] = str(self.ready_file)
@@ -314,6 +315,7 @@ class ScenarioRun:
             self.stop()
             self._cleanup()
         verdict.seconds = time.monotonic() - started
+        self._log_footer(verdict)
         self.progress(self.scenario.name, "done")
         return verdict
 
@@ -384,7 +386,8 @@ class ScenarioRun:
     def _hang(self, started: float, rule: str, child_pid: int | None,
               snap: procinfo.ProcSnapshot | None, started_seen: float | None) -> Verdict:
         latency = self._since(started_seen)
-        evidence = self._evidence(child_pid, snap)
+        evidence = self._evidence(child_pid, snap, f"HANG ({rule}): the task sent to the {self.scenario.pool} "
+                                  f"pool ({self.scenario.variant}) is stuck in pool child {child_pid}")
         if evidence and child_pid is not None:
             try:  # when was the child forked? (Celery's prefork pool forks at pool start)
                 born = psutil.Process(child_pid).create_time()
@@ -402,7 +405,7 @@ class ScenarioRun:
         return self._verdict(Outcome.HANG, started, detail, rule=rule, child_pid=child_pid,
                              verdict_seconds=latency, evidence=evidence or None)
 
-    def _evidence(self, child_pid: int | None, snap: procinfo.ProcSnapshot | None) -> dict:
+    def _evidence(self, child_pid: int | None, snap: procinfo.ProcSnapshot | None, verdict: str = "") -> dict:
         """Evidence from the hung child before it is stopped (see forksafety.capture)."""
         if child_pid is None or snap is None or self.worker is None:
             return {}
@@ -411,8 +414,26 @@ class ScenarioRun:
         return capture_celery_child(
             child_pid=child_pid, worker_pid=self.worker.pid, snap=snap,
             pool=self.scenario.pool, variant=self.scenario.variant,
-            log_dir=self.options.log_dir, full=self.options.capture,
+            log_dir=self.options.log_dir, full=self.options.capture, verdict=verdict,
         )
+
+    def _log_footer(self, verdict: Verdict) -> None:
+        """Say at the end of the worker log what the runner concluded (a hung worker's
+        log otherwise just stops at "Task ... received")."""
+        if self.worker is None:
+            return
+        text = f"{verdict.outcome.value}" + (f" {verdict.signal}" if verdict.signal else "") + \
+            (f" ({verdict.rule})" if verdict.rule else "")
+        lines = [f"# forksafety runner: outcome {text}, expected {verdict.expected}: {verdict.detail.splitlines()[0]}"
+                 if verdict.detail else f"# forksafety runner: outcome {text}, expected {verdict.expected}"]
+        if verdict.evidence and verdict.evidence.get("log"):
+            lines.append(f"# evidence from the pool child: {verdict.evidence['log']}")
+        lines.append("# the worker was stopped by the runner")
+        try:
+            with open(self.log_path, "a") as log:
+                log.write("\n".join(lines) + "\n")
+        except OSError:
+            pass
 
     def _cleanup(self) -> None:
         import shutil

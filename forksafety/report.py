@@ -40,6 +40,9 @@ def write_json(path: Path, record: dict) -> Path:
     with os.fdopen(fd, "w") as handle:
         json.dump(record, handle, indent=2, default=str)
         handle.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a results file is as readable as any other
     os.replace(tmp, path)
     return path
 
@@ -53,19 +56,27 @@ def _outcome_text(v: Verdict) -> str:
     return text
 
 
-def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix") -> Table:
-    """A rich Table: scenario, outcome, expected, match, seconds, detail."""
+def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix", width: int = 140) -> Table:
+    """A rich Table: pool, variant, outcome, expected, match, seconds and, when the
+    console is at least 120 columns wide, the detail. Outcome columns never wrap or shrink."""
     table = Table(title=title)
-    for name, kw in (("pool", {"no_wrap": True}), ("variant", {"no_wrap": True}),
-                     ("outcome", {"no_wrap": True}), ("expected", {"no_wrap": True}),
-                     ("match", {"justify": "center", "min_width": 5, "no_wrap": True}),
-                     ("seconds", {"justify": "right", "min_width": 7, "no_wrap": True}),
-                     ("detail", {"overflow": "ellipsis", "no_wrap": True, "max_width": 48})):
-        table.add_column(name, **kw)
+    fixed = {"no_wrap": True}
+    table.add_column("pool", **fixed)
+    table.add_column("variant", **fixed)
+    table.add_column("outcome", **fixed)
+    table.add_column("expected", **fixed)
+    table.add_column("match", justify="center", **fixed)
+    table.add_column("seconds", justify="right", **fixed)
+    with_detail = width >= 120
+    if with_detail:
+        table.add_column("detail", overflow="ellipsis", no_wrap=True, max_width=max(20, width - 95))
     for v in verdicts:
         colour = "green" if v.matched else "red"
-        table.add_row(v.pool, v.variant, f"[{colour}]{_outcome_text(v)}[/]", str(v.expected),
-                      "yes" if v.matched else "[red]NO[/]", f"{v.seconds:.1f}", v.detail.splitlines()[0] if v.detail else "")
+        row = [v.pool, v.variant, f"[{colour}]{_outcome_text(v)}[/]", str(v.expected),
+               "yes" if v.matched else "[red]NO[/]", f"{v.seconds:.1f}"]
+        if with_detail:
+            row.append(v.detail.splitlines()[0] if v.detail else "")
+        table.add_row(*row)
     return table
 
 

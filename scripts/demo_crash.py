@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forksafety.cli_demo import main  # noqa: E402
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from forksafety.bootstrap import run
+
+    sys.exit(run("forksafety.cli_demo", "main", Path(__file__).name))

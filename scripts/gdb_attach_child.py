@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forksafety.cli_attach import gdb_main  # noqa: E402
-
 if __name__ == "__main__":
-    sys.exit(gdb_main())
+    from forksafety.bootstrap import run
+
+    sys.exit(run("forksafety.cli_attach", "gdb_main", Path(__file__).name))

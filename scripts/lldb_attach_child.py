@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forksafety.cli_attach import lldb_main  # noqa: E402
-
 if __name__ == "__main__":
-    sys.exit(lldb_main())
+    from forksafety.bootstrap import run
+
+    sys.exit(run("forksafety.cli_attach", "lldb_main", Path(__file__).name))

@@ -11,6 +11,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 if __name__ == "__main__":
-    from forksafety.cli_docs import main
+    from forksafety.bootstrap import run
 
-    sys.exit(main())
+    sys.exit(run("forksafety.cli_docs", "main", Path(__file__).name))
