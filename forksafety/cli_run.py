@@ -16,7 +16,7 @@ from rich.table import Table
 from . import harness
 from .broker import MODES, resolve_broker
 from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, Interrupted, Parser, fail,
-                  install_interrupt_handlers, positive_float, positive_int)
+                  install_interrupt_handlers, path_arg, positive_float, positive_int)
 from .errors import BrokerError, ForkSafetyError, UsageError
 from .outcome import Outcome, Verdict
 from .report import results_record, results_table, write_json
@@ -45,10 +45,10 @@ def build_parser() -> Parser:
     p.add_argument("--broker", choices=MODES, default="auto",
                    help="auto (default): REDIS_URL if it answers in 1 s, else a private redis-server, "
                         "else kombu's filesystem transport; redis; filesystem")
-    p.add_argument("--json", type=Path, metavar="PATH", help="write the results record to PATH")
+    p.add_argument("--json", type=path_arg, metavar="PATH", help="write the results record to PATH")
     p.add_argument("--no-capture", action="store_true", help="skip py-spy/pystack capture of hung children")
     p.add_argument("--keep-data", action="store_true", help="keep the per-scenario Chroma folders")
-    p.add_argument("--log-dir", type=Path, default=harness.REPO_ROOT / "crash_dumps", metavar="DIR",
+    p.add_argument("--log-dir", type=path_arg, default=harness.REPO_ROOT / "crash_dumps", metavar="DIR",
                    help="worker logs and captures (default crash_dumps/)")
     return p
 
@@ -207,7 +207,8 @@ def _run(args, scenarios: list[harness.Scenario], settings, console: Console) ->
         if v.outcome is Outcome.ERROR and v.worker_log:
             console.print(f"  {v.scenario}: ERROR, see {v.worker_log}")
     if args.json:
+        replaced = args.json.exists()
         write_json(args.json, results_record(ordered, broker.describe(), run_id=options.run_id,
                                              wall_seconds=round(wall, 2), timeout=args.timeout, stall=args.stall))
-        console.print(f"results written to {args.json.resolve()}")
+        console.print(f"results written to {args.json.resolve()}" + (" (replaced the previous file)" if replaced else ""))
     return EXIT_OK if matched else EXIT_MISMATCH
