@@ -8,7 +8,7 @@ import pytest
 
 from forksafety import procinfo
 from forksafety.errors import SettingsError, UsageError
-from forksafety.harness import POOLS, VARIANTS, select_scenarios
+from forksafety.harness import POOLS, VARIANTS, make_scenario, select_scenarios
 from forksafety.outcome import Expected, Outcome, expected_outcome
 from forksafety.settings import load_settings, redact_url
 from forksafety.watch import RULE_PROVEN, RULE_STALLED, StallDetector
@@ -124,9 +124,16 @@ def test_all_selects_every_pool_then_every_prefork_variant():
     assert len(names) == len(set(names))
 
 
-def test_variant_on_a_non_forking_pool_is_a_usage_error():
+def test_variants_apply_to_prefork_and_other_pools_keep_the_module_level_store():
+    got = [(s.pool, s.variant) for s in select_scenarios(["threads", "prefork"], ["lazy"], False)]
+    assert got == [("threads", "module-level"), ("prefork", "lazy")]
+    got = [(s.pool, s.variant) for s in select_scenarios(None, ["spawn", "spawn"], False)]
+    assert got == [("prefork", "spawn")]
+
+
+def test_a_variant_on_a_non_forking_pool_is_refused_by_the_library():
     with pytest.raises(UsageError, match="prefork pool only"):
-        select_scenarios(["threads"], ["lazy"], False)
+        make_scenario("threads", "lazy")
 
 
 def test_expected_outcomes_per_platform():
