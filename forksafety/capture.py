@@ -120,7 +120,7 @@ def run_tool(command: list[str], timeout: float = TOOL_TIMEOUT,
                                 errors="replace", start_new_session=True, cwd=cwd, env=env,
                                 preexec_fn=pdeathsig_preexec())
     except OSError as exc:
-        return ToolOutput(command, None, f"{command[0]} could not be started: {exc}")
+        return ToolOutput(command, None, f"{command[0]} could not be started: {exc.strerror or exc}")
     try:
         if on_start is not None:
             on_start(proc.pid)
@@ -466,6 +466,38 @@ def require_tool(path: str, name: str, install: str) -> None:
         raise ToolMissingError(f"{name} is not installed (looked for {path!r})", install)
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line of ``text`` (a tool's error message), or ""."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("[timed out")]
+    return lines[-1] if lines else ""
+
+
+def not_runnable(name: str, out: ToolOutput, fix: str) -> ToolMissingError:
+    """The error for a tool that could not be started: the OS's reason, one line."""
+    reason = out.output.strip().split(": ", 1)[-1] if out.output else "unknown reason"
+    return ToolMissingError(f"could not run {name} ({out.command[0]}): {reason}", fix)
+
+
+def check_tool_runs(command: list[str], name: str, fix: str, timeout: float = 10.0) -> None:
+    """Run ``command`` (a harmless use of the tool: ``gdb --version``, ``strace -o /dev/null true``)
+    bounded by ``timeout`` seconds; raise ToolMissingError (PtraceError when it says
+    ptrace is refused) with the tool's own reason when it cannot be started, does
+    not finish, or exits non-zero. A set-up check, before anything is started."""
+    out = run_tool(command, timeout=timeout)
+    if out.pid is None:
+        raise not_runnable(name, out, fix)
+    if out.returncode is None:
+        raise ToolMissingError(f"could not run {name} ({command[0]}): `{' '.join(command)}` did not finish "
+                               f"within {timeout:g} s (stopped it)", fix)
+    if out.returncode != 0:
+        low = out.output.lower()
+        if "ptrace" in low and ("not permitted" in low or "eperm" in low):
+            raise PtraceError(f"ptrace is not permitted: {name} says {last_line(out.output)!r}", PTRACE_HELP)
+        said = last_line(out.output)
+        raise ToolMissingError(f"could not run {name} ({command[0]}): `{' '.join(command)}` exited "
+                               f"{out.returncode}" + (f": {said}" if said else ""), fix)
+
+
 # -- registers and the syscall ABI ----------------------------------------------------------------
 
 
@@ -660,6 +692,12 @@ class DebuggerCapture:
     python_stack_source: str = ""
     detached: bool = False
     after: list[str] = field(default_factory=list)
+    timeout: float | None = None
+
+    @property
+    def timed_out(self) -> bool:
+        """True when the debugger did not finish within its timeout and was stopped."""
+        return self.returncode is None
 
     def section(self, prefix: str) -> str:
         """Text of the first section whose title starts with ``prefix`` ("" if none)."""
@@ -737,6 +775,15 @@ def after_detach(pid: int) -> tuple[bool, list[str]]:
                       else f"still traced by pid {tracer}"]
 
 
+def _never_attached(cap: DebuggerCapture) -> None:
+    """Without a backtrace the debugger may never have attached: do not call it a clean detach."""
+    bt = cap.section("thread apply all bt") if cap.tool == "gdb" else cap.section("bt all")
+    if "#0 " not in bt and "frame #0" not in bt:
+        cap.after = [line if not line.startswith("detached cleanly") else
+                     f"not traced; {cap.tool} recorded no backtrace, so it may never have attached"
+                     for line in cap.after]
+
+
 def gdb_capture(pid: int, gdb: str = "gdb", python_stack: str = "auto", extra: list[str] = (),
                 machine: str = procinfo.MACHINE, timeout: float = DEBUGGER_TIMEOUT,
                 on_start: Callable[[int], None] | None = None) -> DebuggerCapture:
@@ -757,11 +804,13 @@ def gdb_capture(pid: int, gdb: str = "gdb", python_stack: str = "auto", extra: l
     extension = find_python_gdb_extension(pid) if python_stack in ("auto", "py-bt") else None
     command = [gdb, "-p", str(pid), "-batch", "-nx", *gdb_commands(machine, extension, list(extra))]
     out = run_tool(command, timeout=timeout, on_start=on_start)
+    if out.pid is None:
+        raise not_runnable("gdb", out, "point --gdb at a working gdb, or install it: apt-get install gdb")
     refused = ptrace_refusal(out.output, "gdb")
     if refused is not None:
         raise refused
     cap = DebuggerCapture("gdb", command, out.returncode, out.output, out.pid,
-                          sections=split_gdb_sections(out.output))
+                          sections=split_gdb_sections(out.output), timeout=timeout)
     cap.registers = parse_registers(cap.section("registers"))
     cap.syscall = decode_syscall_registers(cap.registers, machine)
     word = parse_memory_word(cap.section("x/wx"))
@@ -771,6 +820,7 @@ def gdb_capture(pid: int, gdb: str = "gdb", python_stack: str = "auto", extra: l
     if extension is not None and 'File "' in py_bt:
         cap.python_stack, cap.python_stack_source = py_bt, "py-bt"
     cap.detached, cap.after = after_detach(pid)
+    _never_attached(cap)
     if cap.syscall is not None and cap.syscall.call.futex and cap.syscall.value_now is None:
         value = procinfo.read_u32(pid, cap.syscall.call.futex["uaddr"])
         if value is not None:
@@ -808,6 +858,23 @@ def innermost_frame(cap: DebuggerCapture) -> str | None:
         text = line.strip().lstrip("* ").strip()
         if text.startswith("#0 ") or text.startswith("frame #0:"):
             return text
+    return None
+
+
+_PY_BT_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)', re.MULTILINE)
+
+
+def innermost_python_frame(cap: DebuggerCapture) -> str | None:
+    """The innermost Python frame of the recorded Python stack, as ``func (file:line)``:
+    py-bt prints the most recent call first, pystack last, py-spy first."""
+    text = cap.python_stack
+    if cap.python_stack_source == "py-bt":
+        match = _PY_BT_FRAME.search(text)
+        return f"{match.group(3)} ({match.group(1)}:{match.group(2)})" if match else None
+    if cap.python_stack_source == "pystack":
+        return top_python_frame_pystack(text)
+    if cap.python_stack_source == "py-spy":
+        return top_python_frame(text)
     return None
 
 
@@ -886,13 +953,15 @@ def _lldb_capture(pid: int, lldb: str, args: list[str], machine: str, timeout: f
     require_tool(lldb, "lldb", "install it: apt-get install lldb (Debian/Ubuntu); on macOS: xcode-select --install")
     command = [lldb, "-p", str(pid), "--batch", *args]
     out = run_tool(command, timeout=timeout, on_start=on_start)
+    if out.pid is None:
+        raise not_runnable("lldb", out, "point --lldb at a working lldb, or install it: apt-get install lldb")
     refused = ptrace_refusal(out.output, "lldb")
     if refused is not None:
         raise refused
     # lldb 14 on Debian prints "No module named 'lldb.embedded_interpreter'" (its Python
     # scripting is not packaged): harmless for the commands used here.
     cap = DebuggerCapture("lldb", command, out.returncode, out.output, out.pid,
-                          sections=split_lldb_sections(out.output))
+                          sections=split_lldb_sections(out.output), timeout=timeout)
     cap.registers = parse_registers(cap.section("register read"))
     cap.syscall = decode_syscall_registers(cap.registers, machine, nr=nr)
     word = parse_memory_word(cap.section("memory read"))
@@ -921,6 +990,7 @@ def lldb_capture(pid: int, lldb: str = "lldb", extra: list[str] = (), machine: s
             pass
     cap = _lldb_capture(pid, lldb, lldb_commands(machine, extra), machine, timeout, on_start, syscall_nr)
     cap.detached, cap.after = after_detach(pid)
+    _never_attached(cap)
     if cap.syscall is not None and cap.syscall.call.futex and cap.syscall.value_now is None:
         value = procinfo.read_u32(pid, cap.syscall.call.futex["uaddr"])
         if value is not None:

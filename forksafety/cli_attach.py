@@ -22,12 +22,12 @@ import sys
 from pathlib import Path
 
 from . import procinfo
-from .capture import (DebuggerCapture, check_ptrace_allowed, count_names, debugger_report_sections,
-                      describe_snapshot, dump_path, gdb_capture, lldb_capture, lldb_catch, require_tool,
-                      write_dump)
-from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, Interrupted, Parser, fail,
-                  install_interrupt_handlers, positive_float)
-from .cli_demo import quiet_signals, check_log_dir, check_output_file, record_json, say
+from .capture import (DEBUGGER_TIMEOUT, DebuggerCapture, check_ptrace_allowed, check_tool_runs, count_names,
+                      debugger_report_sections, describe_snapshot, dump_path, gdb_capture, innermost_python_frame,
+                      last_line, lldb_capture, lldb_catch, require_tool, write_dump)
+from .cli import EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, Interrupted, Parser, fail, install_interrupt_handlers
+from .cli_demo import (MAX_SECONDS, OnceAction, check_log_dir, check_output_file, path_type, quiet_signals,
+                       record_json, say, seconds_type, sweep_leftovers, written)
 from .demo import DEFAULT_VARIANT, VARIANTS, DemoOptions, DemoRecord, DemoRun, expected_demo_outcome
 from .errors import ForkSafetyError, UsageError
 from .outcome import Outcome, current_platform
@@ -36,6 +36,7 @@ from .settings import REPO_ROOT, check_writable, load_settings
 
 INSTALL = {"gdb": "install it: apt-get install gdb (Debian/Ubuntu), dnf install gdb (Fedora)",
            "lldb": "install it: apt-get install lldb (Debian/Ubuntu); on macOS: xcode-select --install"}
+VERSION_CHECK_TIMEOUT = 10.0  # seconds `<debugger> --version` may take (set-up check, before the demo starts)
 
 
 def build_parser(tool: str) -> Parser:
@@ -44,14 +45,19 @@ def build_parser(tool: str) -> Parser:
     p = Parser(prog=prog, description=f"Run the fork demo, wait until the child is stuck, attach {tool} in batch "
                f"mode and record its threads, native backtraces, registers and the futex call; then detach and "
                f"stop the child.")
-    p.add_argument("--variant", metavar="NAME", choices=list(VARIANTS), default=DEFAULT_VARIANT,
+    p.add_argument("--variant", metavar="NAME", choices=list(VARIANTS), default=DEFAULT_VARIANT, action=OnceAction,
                    help=f"demo variant (default {DEFAULT_VARIANT}); attach needs one that hangs here "
                         f"({', '.join(hang_variants()) or 'none'})"
                         + ("" if tool == "gdb" else f", catch one that crashes ({', '.join(crash_variants()) or 'none'})"))
-    p.add_argument("--timeout", type=positive_float, default=10.0, metavar="SECONDS",
-                   help="how long to wait for the child to get stuck (default 10)")
+    p.add_argument("--timeout", type=seconds_type(), default=10.0, metavar="SECONDS",
+                   help=f"how long to wait for the child to get stuck (default 10; 0.5 to {MAX_SECONDS:g})")
     p.add_argument(f"--{tool}", dest="tool_path", default=tool, metavar="PATH",
                    help=f"the {tool} binary (default: {tool} on PATH)")
+    p.add_argument("--debugger-timeout", type=seconds_type(1.0), default=DEBUGGER_TIMEOUT, metavar="SECONDS",
+                   help=f"how long {tool} may take to attach, record and detach before it is stopped "
+                        f"(default {DEBUGGER_TIMEOUT:g}; 1 to {MAX_SECONDS:g})"
+                        + ("" if tool == "gdb" else "; catch mode: --timeout plus this")
+                        + f"; `{tool} --version` is checked first, within at most {VERSION_CHECK_TIMEOUT:g} s")
     p.add_argument("--command", dest="extra", action="append", default=[], metavar="CMD",
                    help=f"an extra {tool} command to record, before detaching (repeatable)")
     if tool == "gdb":
@@ -62,10 +68,14 @@ def build_parser(tool: str) -> Parser:
         p.add_argument("--mode", choices=("auto", "attach", "catch"), default="auto",
                        help="attach: to the stuck child (Linux); catch: attach before the child runs and catch "
                             "its crash (macOS SIGTRAP); auto (default): catch on macOS, attach elsewhere")
-    p.add_argument("--json", type=Path, metavar="PATH", help="write the record (with every pid started) to PATH")
+    p.add_argument("--json", type=path_type, metavar="PATH",
+                   help="write the record (with every pid started) to PATH (an existing file is replaced, "
+                        "and the output says so)")
     p.add_argument("--keep-data", action="store_true", help="keep the run's Chroma folder")
-    p.add_argument("--log-dir", type=Path, default=REPO_ROOT / "crash_dumps", metavar="DIR",
+    p.add_argument("--log-dir", type=path_type, default=REPO_ROOT / "crash_dumps", metavar="DIR",
                    help="where the log goes (default crash_dumps/)")
+    p.epilog = ("Every run first removes the Chroma folders demo-<variant>-<pid>-* of killed demo runs "
+                "(their process is gone).")
     return p
 
 
@@ -95,16 +105,18 @@ def demo_sections(run: DemoRun, rec: DemoRecord, snap: procinfo.ProcSnapshot | N
 
 
 def _record(path: Path | None, rec: DemoRecord | None, tool: str, cap: DebuggerCapture | None,
-            pids: dict, log: Path | None, ok: bool) -> None:
+            pids: dict, log: Path | None, ok: bool, replaced: bool = False) -> None:
     if path is None or rec is None:
         return
     extra = {"pids": pids, "debugger": tool, "capture_ok": ok, "log": str(log) if log else rec.log}
     if cap is not None:
-        extra[tool] = {"command": cap.command, "exit_code": cap.returncode, "detached": cap.detached,
+        attached = _attached(tool, cap)
+        extra[tool] = {"command": cap.command, "exit_code": cap.returncode, "attached": attached,
+                       "detached": cap.detached and attached, "timed_out": cap.timed_out,
                        "python_stack_source": cap.python_stack_source,
                        "syscall": cap.syscall.to_dict() if cap.syscall else None}
     write_json(path, record_json(rec, **extra))
-    say(f"record written to {path}")
+    written(path, replaced)
 
 
 def _stop_reason(output: str) -> str | None:
@@ -115,9 +127,7 @@ def _stop_reason(output: str) -> str | None:
 
 def capture_ok(tool: str, cap: DebuggerCapture) -> bool:
     """A capture is complete when it has the backtrace of the stuck thread and the debugger detached."""
-    bt = cap.section("thread apply all bt") if tool == "gdb" else cap.section("bt all")
-    frames = "#0 " in bt or "frame #0" in bt
-    return frames and cap.detached
+    return _attached(tool, cap) and cap.detached and not cap.timed_out
 
 
 def attach_main(tool: str, argv: list[str] | None = None) -> int:
@@ -140,8 +150,12 @@ def attach_main(tool: str, argv: list[str] | None = None) -> int:
         settings = load_settings()
         check_writable(settings.chroma_dir)
         check_log_dir(args.log_dir)
+        replaced = False
         if args.json:
             check_output_file(args.json)
+            replaced = args.json.is_file()
+        check_tool_runs([args.tool_path, "--version"], tool, f"point --{tool} at a working {tool}, or "
+                        f"{INSTALL[tool]}", timeout=min(VERSION_CHECK_TIMEOUT, args.debugger_timeout))
     except ForkSafetyError as exc:
         return fail(exc, prog=prog)
     install_interrupt_handlers()
@@ -152,6 +166,11 @@ def attach_main(tool: str, argv: list[str] | None = None) -> int:
         say(f"  {tool} pid {pid} (process group {pid})")
 
     options = DemoOptions(timeout=args.timeout, stacks=False, keep_data=args.keep_data, gate=(mode == "catch"))
+    try:
+        sweep_leftovers(settings.chroma_dir, strace_tmp=False)
+    except Interrupted as exc:
+        sys.stderr.write(f"{prog}: interrupted by {exc}: nothing was started\n")
+        return EXIT_INTERRUPTED
     say(f"{prog}: variant {args.variant}: {VARIANTS[args.variant].summary}")
     run = DemoRun(args.variant, settings, options, progress=lambda t: say(f"  {t}"))
     rec: DemoRecord | None = None
@@ -176,7 +195,7 @@ def attach_main(tool: str, argv: list[str] | None = None) -> int:
                 restore()
         if log is not None:
             say(f"log: {log}")
-        _record(args.json, rec, tool, cap, pids, log, code == EXIT_OK)
+        _record(args.json, rec, tool, cap, pids, log, code == EXIT_OK, replaced)
         return code
     except Interrupted as exc:
         sys.stderr.write(f"{prog}: interrupted by {exc}: the child and {tool} are stopped\n")
@@ -197,10 +216,11 @@ def _attach(tool: str, run: DemoRun, args, started, prog: str):
     say(f"  child {run.child_pid} is stuck ({rule}): {rec.syscall}; attaching {tool}")
     if tool == "gdb":
         cap = gdb_capture(run.child_pid, gdb=args.tool_path, python_stack=args.python_stack, extra=args.extra,
-                          on_start=started)
+                          on_start=started, timeout=args.debugger_timeout)
     else:
         nr = snap.syscall.nr if snap is not None and snap.syscall is not None else None
-        cap = lldb_capture(run.child_pid, lldb=args.tool_path, extra=args.extra, on_start=started, syscall_nr=nr)
+        cap = lldb_capture(run.child_pid, lldb=args.tool_path, extra=args.extra, on_start=started, syscall_nr=nr,
+                           timeout=args.debugger_timeout)
     sections = demo_sections(run, rec, snap) + debugger_report_sections(cap)
     log = write_dump(dump_path(args.log_dir, tool, rec.variant),
                      f"{tool} capture of the stuck demo child ({rec.variant})", sections)
@@ -208,18 +228,34 @@ def _attach(tool: str, run: DemoRun, args, started, prog: str):
     run.stop_child()
     ok = capture_ok(tool, cap)
     _print_capture(tool, cap, ok)
-    say(f"  child {run.child_pid} stopped (SIGKILL) after {tool} detached")
+    say(f"  child {run.child_pid} stopped (SIGKILL)" + (f" after {tool} detached" if ok else ""))
     return rec, cap, log, EXIT_OK if ok else EXIT_MISMATCH
 
 
+def _attached(tool: str, cap: DebuggerCapture) -> bool:
+    """True when the debugger got as far as a backtrace of the child (it attached)."""
+    bt = cap.section("thread apply all bt") if tool == "gdb" else cap.section("bt all")
+    return "#0 " in bt or "frame #0" in bt
+
+
 def _print_capture(tool: str, cap: DebuggerCapture, ok: bool) -> None:
-    state = "recorded" if ok else "INCOMPLETE"
-    say(f"{tool} {state}: exit {cap.returncode}, detached {'cleanly' if cap.detached else 'NO'}")
+    if cap.timed_out:
+        say(f"{tool} INCOMPLETE: it did not finish within {cap.timeout:g} s (--debugger-timeout): stopped it "
+            f"and everything it started" + ("; the child is not traced any more" if cap.detached else ""))
+    elif not _attached(tool, cap):
+        said = last_line(cap.output)
+        say(f"{tool} INCOMPLETE: exit {cap.returncode}, recorded no backtrace of the child"
+            + (f"; {tool} said: {said}" if said else ""))
+    else:
+        state = "recorded" if ok else "INCOMPLETE"
+        say(f"{tool} {state}: exit {cap.returncode}, detached {'cleanly' if cap.detached else 'NO'}")
     if cap.syscall is not None:
         for line in cap.syscall.lines()[1:]:
             say(f"  {line.strip()}")
     if cap.python_stack_source not in ("", "none"):
-        say(f"  Python stack from {cap.python_stack_source}")
+        frame = innermost_python_frame(cap)
+        say(f"  Python stack from {cap.python_stack_source}"
+            + (f"; innermost frame: {frame}" if frame else " (see the log)"))
 
 
 def _catch(run: DemoRun, args, started, prog: str):
@@ -229,9 +265,9 @@ def _catch(run: DemoRun, args, started, prog: str):
     # lldb's `platform shell` does not honour shell redirections: dd opens the FIFO itself.
     release = f"dd if=/dev/zero of={shlex.quote(str(run.gate_path))} bs=1 count=1"
     say(f"  attaching lldb to child {run.child_pid} before it runs; lldb lets it go ({release}) and waits "
-        f"up to {args.timeout:g} s for the crash")
+        f"up to {args.timeout + args.debugger_timeout:g} s for the crash")
     cap = lldb_catch(run.child_pid, release=release, lldb=args.tool_path, extra=args.extra,
-                     timeout=args.timeout + 30, on_start=started)
+                     timeout=args.timeout + args.debugger_timeout, on_start=started)
     reason = _stop_reason(cap.output)
     run.stop_child()
     rec = run.make_record(Outcome.CRASH if reason else Outcome.HANG, None, _signal_name(reason), None)

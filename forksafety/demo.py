@@ -24,6 +24,7 @@ import fcntl
 import gc
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -131,6 +132,58 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "everything: 2 tokio-rt-worker threads stay in the parent"),
 )}
 DEFAULT_VARIANT = "inherited"
+
+
+STALE_DEMO_FOLDER = re.compile(rf"demo-(?:{'|'.join(map(re.escape, VARIANTS))})-(\d+)-[a-z0-9_]+")
+
+
+def remove_stale_pid_folders(parent: Path, pattern: re.Pattern) -> list[Path]:
+    """Remove the folders directly under ``parent`` whose whole name matches ``pattern``,
+    that belong to this user, and whose creating process (the pid in group 1) is gone.
+
+    Only names of our own pattern are touched: folders of runs still going (their
+    pid exists) and anything else are left alone. A zombie counts as gone, and so
+    does a pid taken over by a process started after the folder last changed (its
+    creator started before creating it). Returns the folders removed.
+    """
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for folder in entries:
+        match = pattern.fullmatch(folder.name)
+        if match is None:
+            continue
+        try:
+            info = folder.lstat()
+        except OSError:
+            continue
+        if not folder.is_dir() or folder.is_symlink() or info.st_uid != os.getuid():
+            continue
+        if _creator_alive(int(match.group(1)), info.st_mtime):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+    return removed
+
+
+def _creator_alive(pid: int, changed: float) -> bool:
+    """True when ``pid`` runs and may be the process that made a folder last changed at ``changed``."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= changed + 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # cannot tell: leave it
+
+
+def remove_stale_demo_folders(chroma_dir: Path) -> list[Path]:
+    """Remove the Chroma folders ``demo-<variant>-<pid>-<random>`` of demo runs that
+    were killed (SIGKILL: no clean-up ran; their pid is gone). Returns the folders removed."""
+    return remove_stale_pid_folders(chroma_dir, STALE_DEMO_FOLDER)
 
 
 def get_variant(name: str) -> Variant:
@@ -266,7 +319,10 @@ class DemoRun:
         self.progress = progress or (lambda text: None)
         base = self.options.data_dir or settings.chroma_dir
         base.mkdir(parents=True, exist_ok=True)
-        self.data_dir = Path(tempfile.mkdtemp(prefix=f"demo-{self.variant.name}-", dir=base))
+        # demo-<variant>-<pid>-<random>: a later run removes it when this pid is gone (a killed run,
+        # remove_stale_demo_folders); a folder kept on purpose is named demo-<variant>-kept-<random>.
+        owner = "kept" if self.options.keep_data else str(os.getpid())
+        self.data_dir = Path(tempfile.mkdtemp(prefix=f"demo-{self.variant.name}-{owner}-", dir=base))
         self.persist_dir = self.data_dir / "store"
         self.other_dir = self.data_dir / "other-store"
         self.parent_pid = os.getpid()

@@ -23,19 +23,36 @@ SCRIPTS = REPO / "scripts"
 HEADER = ("# forksafety ", "# command: ", "# platform: ", "# python: ", "# versions: ", "# time: ")
 
 
-def script_env(tmp_path: Path) -> dict[str, str]:
-    """Our environment with a private CHROMA_DIR under ``tmp_path`` and unbuffered output."""
+def script_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Our environment with a private CHROMA_DIR under ``tmp_path`` and unbuffered output,
+    plus ``extra`` (e.g. a private TMPDIR, or a FORKSAFETY_RUN_ID tag every process inherits)."""
     env = dict(os.environ)
     env["CHROMA_DIR"] = str(tmp_path / "chroma")
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("FORKSAFETY_ENV_FILE", None)
+    env.update(extra or {})
     return env
 
 
-def run_script(name: str, *args: object, tmp_path: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def private_tmp(tmp_path: Path) -> dict[str, str]:
+    """A private TMPDIR under ``tmp_path`` (tempfile honours it), to see what a run leaves there."""
+    folder = tmp_path / "tmp"
+    folder.mkdir(exist_ok=True)
+    return {"TMPDIR": str(folder)}
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and was reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait(timeout=10)
+    return proc.pid
+
+
+def run_script(name: str, *args: object, tmp_path: Path, timeout: float = 120,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``scripts/<name> args...`` to the end (bounded by ``timeout`` seconds)."""
     cmd = [sys.executable, str(SCRIPTS / name), *map(str, args)]
-    return subprocess.run(cmd, cwd=REPO, env=script_env(tmp_path), capture_output=True, text=True,
+    return subprocess.run(cmd, cwd=REPO, env=script_env(tmp_path, env), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -86,9 +103,9 @@ def assert_header(text: str) -> None:
 class LiveScript:
     """A script run in the background whose output lines are read as they come."""
 
-    def __init__(self, name: str, *args: object, tmp_path: Path) -> None:
+    def __init__(self, name: str, *args: object, tmp_path: Path, env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, str(SCRIPTS / name), *map(str, args)]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=script_env(tmp_path), stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=script_env(tmp_path, env), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.demo_helpers import LiveScript, alive, assert_gone, assert_header, group_gone, run_script
+from tests.demo_helpers import LiveScript, alive, assert_gone, assert_header, dead_pid, group_gone, run_script
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="attach mode runs on Linux")]
@@ -33,9 +33,20 @@ def _section(text: str, title_start: str) -> str:
 
 @needs_gdb
 def test_gdb_records_the_stuck_child(tmp_path):
+    # left by a killed demo run (its pid is gone): removed first, and said so; a kept folder stays
+    stale = tmp_path / "chroma" / f"demo-inherited-{dead_pid()}-abc123"
+    kept = tmp_path / "chroma" / "demo-inherited-kept-abc123"
+    for folder in (stale / "store", kept):
+        folder.mkdir(parents=True)
     out = run_script("gdb_attach_child.py", "--json", tmp_path / "gdb.json", "--log-dir", tmp_path / "logs",
                      tmp_path=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert f"removed 1 Chroma folder(s) left by killed demo runs under {tmp_path / 'chroma'}: {stale.name}" \
+        in out.stdout
+    assert not stale.exists() and kept.is_dir()
+    # the console names the innermost Python frame (not just where the stack came from)
+    assert re.search(r"Python stack from (py-bt|pystack|py-spy); innermost frame: \w+ \(\S+\.py:\d+\)", out.stdout)
+    assert "gdb recorded: exit 0, detached cleanly" in out.stdout
     rec = json.loads((tmp_path / "gdb.json").read_text())
     assert rec["capture_ok"] and rec["gdb"]["detached"] and rec["outcome"] == "HANG"
     log = Path(rec["log"])
@@ -96,7 +107,8 @@ def test_gdb_ctrl_c_leaves_no_gdb_and_no_child(tmp_path):
 @needs_gdb
 def test_ptrace_refused_is_one_clear_error(tmp_path):
     fake = tmp_path / "gdb"
-    fake.write_text("#!/bin/sh\necho 'Could not attach to process.  If your uid matches the uid of the target'\n"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'GNU gdb (fake)'; exit 0; }\n"
+                    "echo 'Could not attach to process.  If your uid matches the uid of the target'\n"
                     "echo 'ptrace: Operation not permitted.'\nexit 1\n")
     fake.chmod(0o755)
     out = run_script("gdb_attach_child.py", "--gdb", fake, "--log-dir", tmp_path / "logs", tmp_path=tmp_path)
@@ -114,12 +126,48 @@ def test_ptrace_refused_is_one_clear_error(tmp_path):
     ("gdb_attach_child.py", ["--variant", "fixed"], "no stuck child to attach to"),
     ("lldb_attach_child.py", ["--timeout", "0"], "must be a positive number"),
     ("gdb_attach_child.py", ["--variant", "nope"], "invalid choice"),
+    # a debugger that cannot be started is a set-up error, said on the console with its reason
+    ("gdb_attach_child.py", ["--gdb", "{file}"], "could not run gdb ({file}): Permission denied"),
+    ("lldb_attach_child.py", ["--lldb", "{garbage}"], "could not run lldb ({garbage}): Exec format error"),
+    ("gdb_attach_child.py", ["--timeout", "1e308"], "must be at most 3600 seconds"),
+    ("gdb_attach_child.py", ["--debugger-timeout", "0.5"], "must be at least 1 seconds"),
+    ("lldb_attach_child.py", ["--variant", "inherited", "--variant", "other-dir"], "--variant given twice"),
+    ("gdb_attach_child.py", ["--json", ""], "an empty path is not allowed"),
+    ("gdb_attach_child.py", ["--log-dir", ""], "an empty path is not allowed"),
 ])
 def test_debugger_set_up_errors_exit_2(tmp_path, script, args, message):
+    (tmp_path / "file").write_text("not a program")
+    (tmp_path / "garbage").write_bytes(b"\x00\x01 not a program")
+    (tmp_path / "garbage").chmod(0o755)
+    args = [a.replace("{file}", str(tmp_path / "file")).replace("{garbage}", str(tmp_path / "garbage")) for a in args]
+    message = message.replace("{file}", str(tmp_path / "file")).replace("{garbage}", str(tmp_path / "garbage"))
     out = run_script(script, *args, tmp_path=tmp_path, timeout=60)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "forked child" not in out.stdout  # nothing was started
+
+
+def test_a_hanging_debugger_is_bounded_by_debugger_timeout(tmp_path):
+    """A debugger that answers --version but then hangs: stopped after --debugger-timeout
+    (not a fixed 60 s), said on the console, never called a clean detach; nothing left."""
+    fake = tmp_path / "gdb"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'GNU gdb (fake)'; exit 0; }\nsleep 120\n")
+    fake.chmod(0o755)
+    out = run_script("gdb_attach_child.py", "--gdb", fake, "--debugger-timeout", "2", "--python-stack", "py-bt",
+                     "--log-dir", tmp_path / "logs", tmp_path=tmp_path, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "gdb INCOMPLETE: it did not finish within 2 s (--debugger-timeout): stopped it" in out.stdout
+    assert "detached cleanly" not in out.stdout and "after gdb detached" not in out.stdout
+    gdb = int(re.search(r"gdb pid (\d+)", out.stdout).group(1))
+    child = int(re.search(r"forked child pid (\d+)", out.stdout).group(1))
+    assert_gone(gdb, child)
+    assert group_gone(gdb)  # the fake's sleep too
+
+
+def test_debugger_timeout_is_documented(tmp_path):
+    for script in ("gdb_attach_child.py", "lldb_attach_child.py"):
+        out = run_script(script, "--help", tmp_path=tmp_path, timeout=60)
+        assert "--debugger-timeout SECONDS" in out.stdout and "(default 60;" in out.stdout
 
 
 @needs_lldb
@@ -172,7 +220,8 @@ def test_lldb_catch_mode_records_a_crash(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "_child_store", trap)
     settings = load_settings(environ={"CHROMA_DIR": str(tmp_path / "chroma")})
-    args = types.SimpleNamespace(timeout=30.0, tool_path="lldb", extra=[], log_dir=tmp_path / "logs")
+    args = types.SimpleNamespace(timeout=30.0, debugger_timeout=30.0, tool_path="lldb", extra=[],
+                                 log_dir=tmp_path / "logs")
     started = []
     with DemoRun("fixed", settings, DemoOptions(gate=True, stacks=False)) as run:
         run.start()

@@ -8,6 +8,7 @@ from the code, so a change of behaviour fails a test.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.demo_helpers import LiveScript, alive, assert_gone, assert_header, group_gone, run_script
+from forksafety.watch import RUN_ID_ENV, processes_of_run, sweep_run, wait_until
+from tests.demo_helpers import (LiveScript, alive, assert_gone, assert_header, dead_pid, group_gone, private_tmp,
+                                run_script)
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="outcomes measured on Linux")]
@@ -76,9 +79,12 @@ def test_the_bug_hangs_with_evidence(tmp_path):
 
 
 def test_fixed_finishes(tmp_path):
+    (tmp_path / "demo.json").write_text('{"an": "older record"}')
     out = run_script("demo_crash.py", "--fixed", "--json", tmp_path / "demo.json", "--log-dir", tmp_path / "logs",
                      tmp_path=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
+    # an existing --json file is replaced, and the output says so (never silently)
+    assert f"record written to {tmp_path / 'demo.json'} (replaced the previous file)" in out.stdout
     rec = _record(tmp_path / "demo.json")
     assert (rec["variant"], rec["outcome"], rec["matched"], rec["exit_code"]) == ("fixed", "OK", True, 0)
     assert rec["parent_threads"] == ["python"]  # the parent never opened anything
@@ -115,10 +121,27 @@ def test_variant_outcome_is_the_measured_one(tmp_path, variant, documents):
     (["--fixed", "--variant", "inherited"], "not allowed with"),
     (["--json", "{file}/record.json"], "not writable"),
     (["--strace", "--strace-path", "/nonexistent/strace"], "strace is not installed"),
+    # bounds: nonsense durations and sizes are refused before anything starts
+    (["--timeout", "1e308"], "must be at most 3600 seconds"),
+    (["--timeout", "0.0001"], "must be at least 0.5 seconds"),
+    (["--stall", "99999"], "must be at most 3600 seconds"),
+    (["--documents", "100000"], "must be at most 10000"),
+    # an empty path would silently mean the current folder
+    (["--log-dir", ""], "an empty path is not allowed"),
+    (["--json", ""], "an empty path is not allowed"),
+    # an option given twice with different values, an option that does nothing alone
+    (["--variant", "inherited", "--variant", "fixed"], "--variant given twice (inherited and fixed)"),
+    (["--strace-path", "/usr/bin/strace"], "--strace-path is used only with --strace"),
+    # an strace that cannot run: said at once, not "did not finish within 130 s"
+    (["--strace", "--strace-path", "{file}"], "could not run strace ({file}): Permission denied"),
+    (["--strace", "--strace-path", "{garbage}"], "could not run strace ({garbage}): Exec format error"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "file").write_text("a file, not a folder")
-    args = [a.replace("{file}", str(tmp_path / "file")) for a in args]
+    (tmp_path / "garbage").write_bytes(b"\x00\x01 not a program")
+    (tmp_path / "garbage").chmod(0o755)
+    args = [a.replace("{file}", str(tmp_path / "file")).replace("{garbage}", str(tmp_path / "garbage")) for a in args]
+    message = message.replace("{file}", str(tmp_path / "file")).replace("{garbage}", str(tmp_path / "garbage"))
     out = run_script("demo_crash.py", *args, tmp_path=tmp_path, timeout=60)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
@@ -133,9 +156,14 @@ def test_list_shows_every_variant(tmp_path):
 
 
 def test_strace_points_at_the_childs_unfinished_futex(tmp_path):
+    env = private_tmp(tmp_path)
     out = run_script("demo_crash.py", "--strace", "--json", tmp_path / "demo.json", "--log-dir", tmp_path / "logs",
-                     tmp_path=tmp_path, timeout=240)
+                     tmp_path=tmp_path, timeout=240, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
+    # only the record the user asked for is announced (not the inner demo's temporary one), and
+    # the temporary folder is gone
+    assert re.findall(r"^record written to .*$", out.stdout, re.M) == [f"record written to {tmp_path / 'demo.json'}"]
+    assert list(Path(env["TMPDIR"]).iterdir()) == []
     rec = _record(tmp_path / "demo.json")
     child = rec["child_pid"]
     call = rec["strace"]["unfinished_futex"]
@@ -202,6 +230,50 @@ def test_ctrl_c_under_strace_stops_strace_and_everything_under_it(tmp_path):
             live.proc.kill()
     assert_gone(strace, parent, child)
     assert group_gone(strace)
+    # one "interrupted" line, from the script the user ran (not a second one from the demo under strace)
+    assert len(re.findall(r"interrupted by", live.output())) == 1, live.output()
+
+
+def test_sigkill_under_strace_leaves_nothing_and_the_next_run_sweeps(tmp_path):
+    """SIGKILL of `demo_crash.py --strace`: no clean-up code runs. strace dies with the script
+    (PR_SET_PDEATHSIG), the demo under strace dies with strace (it sets PR_SET_PDEATHSIG itself),
+    and its hung child dies with the demo. Every process of the run carries our tag, so this
+    finds them even once reparented. The folders left behind are removed by the next run."""
+    tag = f"test-sigkill-strace-{tmp_path.name}-{time.monotonic_ns()}"
+    env = {RUN_ID_ENV: tag, **private_tmp(tmp_path)}
+    live = LiveScript("demo_crash.py", "--strace", "--full-timeout", "--timeout", "60",
+                      "--log-dir", tmp_path / "logs", tmp_path=tmp_path, env=env)
+    try:
+        parent = int(live.wait_for(r"parent pid (\d+):", timeout=120).group(1))
+        child = int(live.wait_for(r"forked child pid (\d+)", timeout=120).group(1))
+        live.wait_for(r"waiting up to 60 s")
+        tagged = wait_until(lambda: {p.pid for p in processes_of_run(tag)} >= {live.proc.pid, parent, child}, 10)
+        assert tagged, "the run's processes should carry the tag"
+        live.interrupt(signal.SIGKILL)
+        assert live.finish(timeout=30) == -signal.SIGKILL
+        left = wait_until(lambda: not processes_of_run(tag), timeout=5, interval=0.1)
+        assert left, f"still alive 5 s after SIGKILL: {[(p.pid, p.cmdline()[:4]) for p in processes_of_run(tag)]}"
+    finally:
+        if live.proc.poll() is None:
+            live.proc.kill()
+            live.proc.wait(5)
+        sweep_run(tag)  # whatever a failure left: never leave it running
+    # left behind by the kill: the demo's Chroma folder and the --strace temporary folder
+    stale_chroma = _chroma_left(tmp_path)
+    stale_tmp = list(Path(env["TMPDIR"]).iterdir())
+    assert [f.name.startswith(f"demo-inherited-{parent}-") for f in stale_chroma] == [True]
+    assert [f.name.startswith(f"forksafety-strace-{live.proc.pid}-") for f in stale_tmp] == [True]
+    # the next run removes them, says so, and touches nothing else
+    keep = [tmp_path / "chroma" / "demo-inherited-kept-abc", tmp_path / "chroma" / f"run-{dead_pid()}-x",
+            tmp_path / "chroma" / f"demo-inherited-{os.getpid()}-live0"]
+    for folder in keep:
+        folder.mkdir()
+    out = run_script("demo_crash.py", "--no-stacks", "--log-dir", tmp_path / "logs", tmp_path=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"removed 1 Chroma folder(s) left by killed demo runs under {tmp_path / 'chroma'}: " \
+           f"{stale_chroma[0].name}" in out.stdout
+    assert f"removed 1 temporary folder(s) left by killed --strace runs: {stale_tmp[0]}" in out.stdout
+    assert sorted(_chroma_left(tmp_path)) == sorted(keep) and list(Path(env["TMPDIR"]).iterdir()) == []
 
 
 @pytest.mark.parametrize("action,outcome,signal_name,detail", [

@@ -308,6 +308,120 @@ def test_run_tool_missing_tool():
         capture.require_tool("/nonexistent/gdb", "gdb", "install it: apt-get install gdb")
 
 
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_check_tool_runs_says_why_a_tool_cannot_run(tmp_path):
+    (tmp_path / "text").write_text("not a program")
+    with pytest.raises(capture.ToolMissingError, match=r"could not run gdb \(.*text\): Permission denied: fix it"):
+        capture.check_tool_runs([str(tmp_path / "text"), "--version"], "gdb", "fix it")
+    (tmp_path / "garbage").write_bytes(b"\x00\x01")
+    (tmp_path / "garbage").chmod(0o755)
+    with pytest.raises(capture.ToolMissingError, match="Exec format error"):
+        capture.check_tool_runs([str(tmp_path / "garbage"), "--version"], "gdb", "fix it")
+    failing = _script(tmp_path / "failing", "echo 'first line'; echo 'libfoo.so: cannot open' >&2; exit 3")
+    with pytest.raises(capture.ToolMissingError, match="exited 3: libfoo.so: cannot open"):
+        capture.check_tool_runs([str(failing)], "strace", "fix it")
+    refused = _script(tmp_path / "refused", "echo 'strace: PTRACE_TRACEME: Operation not permitted' >&2; exit 1")
+    with pytest.raises(PtraceError, match="ptrace is not permitted: strace says"):
+        capture.check_tool_runs([str(refused)], "strace", "fix it")
+    hanging = _script(tmp_path / "hanging", "sleep 30")
+    started = time.monotonic()
+    with pytest.raises(capture.ToolMissingError, match="did not finish within 0.5 s"):
+        capture.check_tool_runs([str(hanging)], "gdb", "fix it", timeout=0.5)
+    assert time.monotonic() - started < 10
+    capture.check_tool_runs(["true"], "true", "fix it")  # a tool that works: no error
+
+
+def test_a_debugger_that_cannot_start_is_an_error_not_an_empty_capture(tmp_path):
+    (tmp_path / "gdb").write_text("not a program")
+    (tmp_path / "lldb").write_text("not a program")
+    with pytest.raises(capture.ToolMissingError, match="could not run gdb .*Permission denied"):
+        capture.gdb_capture(os.getpid(), gdb=str(tmp_path / "gdb"), python_stack="pystack")
+    with pytest.raises(capture.ToolMissingError, match="could not run lldb .*Permission denied"):
+        capture.lldb_capture(os.getpid(), lldb=str(tmp_path / "lldb"), python_stack=False)
+
+
+def test_a_debugger_without_a_backtrace_is_not_called_detached_cleanly(tmp_path):
+    fake = _script(tmp_path / "gdb", "echo 'gdb: unrecognized option'; exit 1")
+    child = _sleeping_child()
+    try:
+        cap = capture.gdb_capture(child.pid, gdb=str(fake), python_stack="py-bt", timeout=10)
+    finally:
+        child.kill()
+        child.wait(5)
+    assert cap.returncode == 1 and not cap.timed_out
+    assert not any("detached cleanly" in line for line in cap.after)
+    assert any("may never have attached" in line for line in cap.after)
+
+
+def test_innermost_python_frame_per_source():
+    cap = capture.DebuggerCapture("gdb", ["gdb"], 0, "", 1)
+    cap.python_stack_source = "py-bt"
+    cap.python_stack = textwrap.dedent("""\
+        Traceback (most recent call first):
+          File "/site-packages/chromadb/api/rust.py", line 541, in _upsert
+            return self.bindings.upsert(
+          File "/work/main/forksafety/demo.py", line 567, in _child_main
+        """)
+    assert capture.innermost_python_frame(cap) == "_upsert (/site-packages/chromadb/api/rust.py:541)"
+    cap.python_stack_source, cap.python_stack = "pystack", textwrap.dedent("""\
+        Traceback for thread 7 (python) [] (most recent call last):
+            (Python) File "/work/main/forksafety/demo.py", line 567, in _child_main
+            (Python) File "/site-packages/chromadb/api/rust.py", line 541, in _upsert
+        """)
+    assert capture.innermost_python_frame(cap) == "_upsert (/site-packages/chromadb/api/rust.py:541)"
+    cap.python_stack_source, cap.python_stack = "py-spy", ("$ py-spy dump\nThread 7 (idle): \"MainThread\"\n"
+                                                           "    _upsert (chromadb/api/rust.py:541)\n")
+    assert capture.innermost_python_frame(cap) == "_upsert (chromadb/api/rust.py:541)"
+    cap.python_stack_source = ""
+    assert capture.innermost_python_frame(cap) is None
+
+
+def test_stale_folders_are_removed_only_when_ours_and_their_pid_is_gone(tmp_path):
+    from forksafety.cli_demo import remove_stale_strace_folders
+    from forksafety.demo import remove_stale_demo_folders
+    from tests.demo_helpers import dead_pid
+
+    gone = dead_pid()
+    stale = [tmp_path / f"demo-inherited-{gone}-ab_12xyz", tmp_path / f"demo-same-dir-new-client-{gone}-q1w2e3r4"]
+    kept = [tmp_path / f"demo-inherited-{os.getpid()}-ab12xyz",  # a run still going
+            tmp_path / "demo-inherited-kept-ab12xyz",  # --keep-data
+            tmp_path / "demo-inherited-o42l1rap",  # old naming: cannot tell, left alone
+            tmp_path / f"demo-no-such-variant-{gone}-ab12xyz",  # not our pattern
+            tmp_path / f"run-20260101-000000-{gone}-x",  # the Celery runner's (it sweeps its own)
+            tmp_path / f"my-demo-inherited-{gone}-abc"]
+    for folder in stale + kept:
+        (folder / "store").mkdir(parents=True)
+    (tmp_path / f"demo-inherited-{gone}-afile").write_text("a file, not a folder")
+    assert sorted(remove_stale_demo_folders(tmp_path)) == sorted(stale)
+    assert all(not f.exists() for f in stale) and all(f.is_dir() for f in kept)
+    assert (tmp_path / f"demo-inherited-{gone}-afile").is_file()
+    strace_tmp = [tmp_path / f"forksafety-strace-{gone}-abc", tmp_path / f"forksafety-strace-{os.getpid()}-abc",
+                  tmp_path / "forksafety-strace-abcdefgh"]
+    for folder in strace_tmp:
+        folder.mkdir()
+    assert remove_stale_strace_folders(tmp_path) == strace_tmp[:1]
+    assert [f.exists() for f in strace_tmp] == [False, True, True]
+
+
+def test_a_deadline_hang_after_a_short_timeout_says_so(capsys):
+    from forksafety.cli_demo import print_record
+    from forksafety.demo import DemoRecord
+
+    rec = DemoRecord(variant="fixed", summary="", outcome=Outcome.HANG, expected=expected_demo_outcome("fixed"),
+                     seconds=0.5, rule="deadline", timeout=0.5, child_pid=1)
+    print_record(rec)
+    out = capsys.readouterr().out
+    assert "DID NOT MATCH" in out and "note: no hang rule fired" in out and "use --timeout 5 or more" in out
+    rec.rule = "deadlock-proven"
+    print_record(rec)
+    assert "note:" not in capsys.readouterr().out
+
+
 # -- hung-child evidence (shared by the Celery runner and the demo) -------------------------------------
 
 
