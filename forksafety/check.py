@@ -1100,7 +1100,8 @@ class CheckRequest:
     or object). timeout: seconds the import may take. probe_timeout: seconds the
     probe child may take. stall: seconds of the ``stalled`` hang rule.
     capture: evidence for a hung probe child: "full" (py-spy and pystack),
-    "light" (procinfo only), "none".
+    "light" (procinfo only), "none". command: the user's command line, shown
+    in the header of evidence files (default: the runner's).
     """
 
     target: str
@@ -1115,6 +1116,7 @@ class CheckRequest:
     scenario: str = ""
     env: dict[str, str | None] = field(default_factory=dict)
     cwd: str | None = None
+    command: list[str] | None = None  # the user's command line, for the header of evidence files
 
 
 @dataclass
@@ -1122,13 +1124,16 @@ class CheckRun:
     """The result of ``run_check``.
 
     status: "ok"; "not-found" (no such module/file/app); "import-error" (the
-    target raised while importing); "timeout" (the import did not finish in
-    time); "probe-not-found"; "runner-failed" (the runner itself died);
-    "cancelled".
+    target raised while importing); "import-crashed" (importing the target
+    killed the process with a signal or ended it, e.g. os._exit); "stopped"
+    (the target stopped the process: state T, SIGSTOP); "timeout" (the import
+    did not finish in time); "probe-not-found"; "runner-failed" (the runner
+    itself died); "cancelled".
     error: one-line summary; error_detail: the import's own traceback, or the
     stack where a timed-out import hangs.
     report: ``Report.to_dict()``; probe: the probe record (outcome OK, HANG,
-    CRASH, ERROR, signal, rule, detail, evidence).
+    CRASH, ERROR, signal, rule, detail, evidence, leftovers: pids of processes
+    the probe left running, which were stopped).
     import_seconds: time the target's import took in the runner; seconds: wall time.
     """
 
@@ -1193,6 +1198,9 @@ def run_check(request: CheckRequest, cancel: threading.Event | None = None) -> C
     process tree (its process group, and every process tagged with this run's
     FORKSAFETY_RUN_ID) is killed on every path, including KeyboardInterrupt,
     and as soon as ``cancel`` (from another thread) is set: status "cancelled".
+    Should this process die without a chance to clean up (SIGKILL), the runner
+    dies with it (PR_SET_PDEATHSIG) and its watchdog stops every tagged process
+    (see forksafety.checkrun.start_watchdog).
     Raises ForkSafetyError only for a request that cannot be started (bad kind).
     """
     from .watch import pdeathsig_preexec
@@ -1204,8 +1212,12 @@ def run_check(request: CheckRequest, cancel: threading.Event | None = None) -> C
     work = Path(tempfile.mkdtemp(prefix="forksafety-check-"))
     req_path, result_path, out_path = work / "request.json", work / "result.json", work / "output.log"
     marker = work / "imported"
+    import_deadline = started + request.timeout
+    # after the import: the probe's own bound, evidence capture (py-spy/pystack) and margin
+    tail = (request.probe_timeout + 60.0 if request.probe else 0.0) + 30.0
     payload = asdict(request)
-    payload.update(result=str(result_path), marker=str(marker))
+    payload.update(result=str(result_path), marker=str(marker), run_id=run_id, caller_pid=os.getpid(),
+                   lifetime=request.timeout + tail + 10.0)
     req_path.write_text(json.dumps(payload))
     proc = None
     status, error, detail = "runner-failed", None, None
@@ -1217,10 +1229,9 @@ def run_check(request: CheckRequest, cancel: threading.Event | None = None) -> C
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=pdeathsig_preexec(),
             )
-        import_deadline = started + request.timeout
-        # after the import: the probe's own bound, evidence capture (py-spy/pystack) and margin
-        tail = (request.probe_timeout + 60.0 if request.probe else 0.0) + 30.0
         done_deadline = None
+        stopped_since = None
+        next_state_look = started
         while proc.poll() is None:
             now = time.monotonic()
             if cancel is not None and cancel.is_set():
@@ -1228,6 +1239,17 @@ def run_check(request: CheckRequest, cancel: threading.Event | None = None) -> C
                 break
             if done_deadline is None and marker.exists():
                 done_deadline = now + tail
+            if now >= next_state_look:  # a process stopped by SIGSTOP never resumes by itself: say so early
+                next_state_look = now + 0.25
+                stopped_since = (stopped_since or now) if _state_letter(proc.pid) == "T" else None
+                if stopped_since is not None and now - stopped_since >= 1.0:
+                    status = "stopped"
+                    error = (f"importing {request.target!r} stopped the process (state T: SIGSTOP or SIGTSTP)"
+                             if not marker.exists() else
+                             f"after importing {request.target!r}, the process was stopped (state T: SIGSTOP "
+                             "or SIGTSTP, from a thread of the target?)")
+                    detail = _stack_of_hung_import(proc.pid, stopped=True)
+                    break
             if done_deadline is None and now >= import_deadline:
                 status = "timeout"
                 error = f"importing {request.target!r} did not finish within {request.timeout:g} s"
@@ -1246,8 +1268,7 @@ def run_check(request: CheckRequest, cancel: threading.Event | None = None) -> C
     output = out_path.read_text(errors="replace") if out_path.exists() else ""
     run = CheckRun(request=request, status=status, error=error, error_detail=detail, output=output[-20000:])
     if status == "finished":
-        run.status = "runner-failed"
-        run.error = f"the check runner exited with code {proc.returncode} without a result"
+        run.status, run.error = _no_result(request.target, proc.returncode, marker.exists(), output)
         if result_path.exists():
             try:
                 data = json.loads(result_path.read_text())
@@ -1265,15 +1286,117 @@ def run_check(request: CheckRequest, cancel: threading.Event | None = None) -> C
     return run
 
 
-def _stack_of_hung_import(pid: int) -> str:
-    """py-spy's dump of the runner whose import hangs (bounded), or why not."""
-    try:
-        from .capture import py_spy_dump
+def _no_result(target: str, returncode: int, imported: bool, output: str) -> tuple[str, str]:
+    """(status, one-line error) for a runner that ended without writing its result:
+    name the target and what ended the process (a signal, or an exit code)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        cause = f"killed the process with {name}"
+    else:
+        cause = f"exited the process with code {returncode}"
+    if not imported:
+        if returncode >= 0 and "Traceback (most recent call last)" in output and "forksafety/checkrun.py" in output:
+            return "runner-failed", f"the check runner failed (exit code {returncode}) while importing {target!r}"
+        hint = " (os._exit() at import?)" if returncode >= 0 else ""
+        return "import-crashed", f"importing {target!r} {cause}{hint}"
+    hint = " (os._exit() in a thread of the target?)" if returncode >= 0 else " (in a thread of the target?)"
+    return "runner-failed", f"after importing {target!r}, something {cause} before the check finished{hint}"
 
-        spy = py_spy_dump(pid, native=False)
-        return spy.output.strip()
+
+def _state_letter(pid: int) -> str | None:
+    """The process state letter of ``pid`` (R, S, D, T, t, Z...), None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _stack_of_hung_import(pid: int, stopped: bool = False) -> str:
+    """py-spy's dump of the runner whose import hangs (bounded), or one line saying why not.
+    ``stopped``: the process is in state T; py-spy then reads it without suspending it
+    (``--nonblocking``), since suspending a stopped process fails."""
+    try:
+        from .capture import _tool_path, run_tool
+
+        command = [_tool_path("py-spy"), "dump", "--pid", str(pid)] + (["--nonblocking"] if stopped else [])
+        spy = run_tool(command)
+        if spy.ok():
+            return spy.output.strip()
+        return f"(no stack: {tool_failure_line(spy.output)})"
     except Exception as exc:  # noqa: BLE001 - evidence is best effort
         return f"(no stack: {exc})"
+
+
+def tool_failure_line(output: str) -> str:
+    """One line for a failed tool run (py-spy & co): its ``Error:`` line and the
+    innermost ``Caused by`` reason, never its own Rust backtrace."""
+    lines = [ln.strip() for ln in output.splitlines()]
+    if "Stack backtrace:" in lines:
+        lines = lines[:lines.index("Stack backtrace:")]
+    error = next((ln for ln in lines if ln.startswith("Error:")), None)
+    causes = [ln.split(":", 1)[1].strip() for ln in lines if re.match(r"^\d+: ", ln)]
+    if error:
+        return error + (f" ({causes[-1]})" if causes else "")
+    rest = [ln for ln in lines if ln and not ln.startswith(("Process ", "Python v"))]
+    return (rest[-1] if rest else "the tool printed nothing")[:300]
+
+
+def process_gone(proc) -> bool:
+    """True when ``proc`` has exited (a zombie counts: it runs nothing any more)."""
+    import psutil
+
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def stop_quietly(procs, grace: float = 0.5) -> list[int]:
+    """SIGTERM every process, up to ``grace`` seconds, then SIGKILL and up to 2 s.
+    A zombie counts as gone (and is reaped when it is our child), so orphans of an
+    init that does not reap cost no wait. Returns the pids still running (normally [])."""
+    import psutil
+
+    procs = list(procs)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+        deadline = time.monotonic() + wait
+        while procs:
+            for p in procs:
+                try:
+                    os.waitpid(p.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            procs = [p for p in procs if not process_gone(p)]
+            if not procs or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+    return [p.pid for p in procs]
+
+
+def sweep_tagged(run_id: str, exclude: tuple[int, ...] = (), grace: float = 0.5, rounds: int = 3) -> list[int]:
+    """Stop every live process (but this one and ``exclude``) tagged with this run's
+    FORKSAFETY_RUN_ID, in up to ``rounds`` passes (a process forked during one pass
+    is caught by the next). Returns the pids found. Bounded: each pass takes at
+    most ``grace`` + 2 seconds."""
+    from .watch import processes_of_run
+
+    found: list[int] = []
+    for _ in range(rounds):
+        procs = [p for p in processes_of_run(run_id) if p.pid not in exclude and not process_gone(p)]
+        if not procs:
+            break
+        found += [p.pid for p in procs]
+        stop_quietly(procs, grace=grace)
+    return found
 
 
 def _kill_runner(proc: subprocess.Popen, run_id: str) -> None:
@@ -1290,9 +1413,4 @@ def _kill_runner(proc: subprocess.Popen, run_id: str) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
-    try:
-        from .watch import sweep_run
-
-        sweep_run(run_id, grace=0.5)
-    except ImportError:
-        pass
+    sweep_tagged(run_id)

@@ -9,15 +9,26 @@ writes one JSON result file. It then leaves with ``os._exit`` so neither the
 target's non-daemon threads nor its atexit handlers can keep it alive; the
 caller kills the whole process group anyway.
 
+Nothing it starts outlives the check: the runner dies with its caller
+(PR_SET_PDEATHSIG, set again here), adopts every orphaned descendant
+(PR_SET_CHILD_SUBREAPER), runs the probe child in a process group of its own
+(stopped, with whatever it left running, when the probe ends), and before the
+target is imported forks a small watchdog that, once the caller or the runner
+is gone, stops every process tagged with this run's FORKSAFETY_RUN_ID (those
+are the ones a SIGKILL of the caller would otherwise leave behind: PR_SET_PDEATHSIG
+is not inherited across fork()).
+
 WARNING: this module imports user code on purpose; it is the only one that does.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import importlib.util
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -28,6 +39,7 @@ from pathlib import Path
 from . import check
 
 CHILD_MESSAGE_LIMIT = 8000  # bytes the probe child may send back (well under a pipe's 64 KiB buffer)
+WATCHDOG_INTERVAL = 0.25  # seconds between the watchdog's looks at the caller and the runner
 
 
 class TargetNotFound(Exception):
@@ -102,7 +114,7 @@ def resolve_callable(spec: str, module, app=None):
         mod_name, attr = spec.split(":", 1)
         try:
             candidates.append(walk(importlib.import_module(mod_name), attr))
-        except (ImportError, AttributeError) as exc:
+        except (ImportError, AttributeError, ValueError) as exc:
             raise LookupError(f"cannot find {spec!r}: {exc}") from None
     else:
         try:
@@ -115,15 +127,20 @@ def resolve_callable(spec: str, module, app=None):
             mod_name, _, attr = spec.rpartition(".")
             try:
                 candidates.append(getattr(importlib.import_module(mod_name), attr))
-            except (ImportError, AttributeError):
+            except (ImportError, AttributeError, ValueError):
                 pass
     if not candidates:
         raise LookupError(f"{spec!r} is not defined in {getattr(module, '__name__', '?')} "
                           "(use NAME in the target, or module:callable)")
     func = candidates[0]
     if not callable(func):
-        raise LookupError(f"{spec!r} is a {type(func).__name__}, not a callable")
+        raise LookupError(f"{spec!r} is not callable (it is {_article(type(func).__name__)})")
     return func
+
+
+def _article(word: str) -> str:
+    """``an int``, ``a str``, ``an object``."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 @dataclass
@@ -134,6 +151,8 @@ class ProbeResult:
     CRASH (killed by ``signal``), ERROR (raised, or exited non-zero).
     rule: for HANG, deadlock-proven / stalled / deadline. seconds: fork to verdict.
     evidence: lost threads, the child's state and syscall, capture file (HANG).
+    leftovers: pids of processes the probe started and left running (in its
+    process group), stopped by us when the probe ended.
     """
 
     callable: str
@@ -144,18 +163,23 @@ class ProbeResult:
     detail: str = ""
     child_pid: int | None = None
     evidence: dict = field(default_factory=dict)
+    leftovers: list[int] = field(default_factory=list)
 
 
 def probe_fork(func, args: list | dict | None, timeout: float, stall: float, capture: str,
-               log_dir: Path, scenario: str, name: str = "") -> ProbeResult:
+               log_dir: Path, scenario: str, name: str = "", command: list[str] | None = None) -> ProbeResult:
     """Fork; in the child call ``func(*args)`` (or ``func(**args)``); watch the child.
 
-    The child dies with us (PR_SET_PDEATHSIG) and reports through a pipe; the
+    The child leads a process group of its own, dies with us (PR_SET_PDEATHSIG)
+    and reports through a pipe with one newline-terminated JSON message. The
     parent polls it every 20 ms with ``StallDetector(stall)`` until it exits,
-    a hang rule fires, or ``timeout`` seconds pass. A hung child is captured
-    (``capture``: "full" adds py-spy and pystack, each bounded by
-    capture.TOOL_TIMEOUT) into ``log_dir`` and then killed. Uses the real
-    os.fork even when forksafety.guard's strict mode is installed.
+    a hang rule fires, or ``timeout`` seconds pass; the message is read as it
+    comes, never by waiting for end-of-file (processes the callable forks hold
+    the pipe open). A hung child is captured (``capture``: "full" adds py-spy
+    and pystack, each bounded by capture.TOOL_TIMEOUT) into ``log_dir`` and then
+    killed. Whatever the outcome, every process left in the child's process
+    group is then stopped and listed in ``leftovers``. Uses the real os.fork
+    even when forksafety.guard's strict mode is installed.
     """
     from . import procinfo
     from .guard import real_fork
@@ -169,8 +193,10 @@ def probe_fork(func, args: list | dict | None, timeout: float, stall: float, cap
     pid = real_fork()
     if pid == 0:  # the child: call, report, leave without running the parent's atexit handlers
         code = 0
+        me = os.getpid()
         try:
             os.close(read_end)
+            os.setpgid(0, 0)
             set_parent_death_signal()
             value = func(**args) if isinstance(args, dict) else func(*(args or []))
             message = {"status": "ok", "returned": repr(value)[:300]}
@@ -179,80 +205,206 @@ def probe_fork(func, args: list | dict | None, timeout: float, stall: float, cap
             message = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:1000],
                        "traceback": traceback.format_exc()[-4000:]}
         try:
-            os.write(write_end, json.dumps(message).encode()[:CHILD_MESSAGE_LIMIT])
+            if os.getpid() == me:  # a process the callable forked, returning here, reports nothing
+                data = json.dumps(message).encode()
+                if len(data) > CHILD_MESSAGE_LIMIT:
+                    message.pop("traceback", None)
+                    data = json.dumps(message).encode()[:CHILD_MESSAGE_LIMIT]
+                os.write(write_end, data + b"\n")
         finally:
             os._exit(code)
     os.close(write_end)
-    detector = StallDetector(stall)
-    deadline = started + timeout
-    status = None
-    hang = None
-    snap = None
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
+    try:
+        os.setpgid(pid, pid)  # also here, so the group exists before we may need to kill it
+    except OSError:  # the child did it already, or has exited
+        pass
+    os.set_blocking(read_end, False)
+    poller = select.poll()  # poll, not select: the target may hold more than FD_SETSIZE (1024) descriptors
+    poller.register(read_end, select.POLLIN)
+    reaped = False
+
+    def observe() -> ProbeResult:
+        nonlocal reaped
+        inbox = bytearray()
+        detector = StallDetector(stall)
+        deadline = started + timeout
+        status = None
+        hang = None
+        snap = None
+        while True:
+            _take(read_end, inbox)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                reaped = True
+                break
+            try:
+                snap = procinfo.snapshot(pid)
+            except Exception:  # noqa: BLE001 - gone between waitpid and snapshot: next waitpid says how
+                snap = None
+            verdict = detector.feed(snap) if snap is not None else None
+            if verdict is not None:
+                hang = (verdict.rule, verdict.snapshot)
+                break
+            if time.monotonic() >= deadline:
+                hang = (RULE_DEADLINE, snap)
+                break
+            if b"\n" in inbox or len(inbox) > CHILD_MESSAGE_LIMIT:
+                time.sleep(0.02)
+            else:
+                poller.poll(20)  # up to 20 ms, less when the child writes
+        result = ProbeResult(callable=name, outcome="ERROR", seconds=0.0, child_pid=pid)
+        if hang is not None:
+            rule, hang_snap = hang
+            result.seconds = round(time.monotonic() - started, 3)  # fork to verdict, before the capture
+            result.outcome, result.rule = "HANG", rule
+            result.evidence = _evidence(pid, hang_snap, parent_names, capture, log_dir, scenario, command)
+            result.detail = f"{rule}: {result.evidence.get('summary', '')}".strip()
+            if hang_snap is not None and hang_snap.state == "T":
+                result.detail = (f"{rule}: the child is stopped (state T: SIGSTOP or SIGTSTP) and never resumes "
+                                 "by itself")
+            return result
+        result.seconds = round(time.monotonic() - started, 3)
+        _take(read_end, inbox)  # the child has exited: whatever it wrote is in the pipe now
+        message = _message(inbox)
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                result.signal = signal.Signals(sig).name
+            except ValueError:
+                result.signal = f"signal {sig}"
+            result.outcome, result.detail = "CRASH", f"the child was killed by {result.signal}"
+            return result
+        code = os.WEXITSTATUS(status)
+        if code == 0 and message.get("status") == "ok":
+            result.outcome, result.detail = "OK", f"returned {message.get('returned')}"
+        else:
+            result.detail = message.get("error") or f"the child exited with code {code}"
+            if message.get("traceback"):
+                result.evidence = {"traceback": message["traceback"]}
+        return result
+
+    try:
+        result = observe()
+    finally:
+        leftovers = _stop_probe_group(pid, reaped)
+        os.close(read_end)
+    result.leftovers = leftovers
+    return result
+
+
+def _take(fd: int, inbox: bytearray) -> None:
+    """Append what the (non-blocking) pipe ``fd`` holds now to ``inbox``, up to the
+    first newline (one message), never waiting."""
+    while b"\n" not in inbox and len(inbox) <= CHILD_MESSAGE_LIMIT:
         try:
-            snap = procinfo.snapshot(pid)
-        except Exception:  # noqa: BLE001 - gone between waitpid and snapshot: next waitpid says how
-            snap = None
-        verdict = detector.feed(snap) if snap is not None else None
-        if verdict is not None:
-            hang = (verdict.rule, verdict.snapshot)
-            break
-        if time.monotonic() >= deadline:
-            hang = (RULE_DEADLINE, snap)
-            break
-        time.sleep(0.02)
-    result = ProbeResult(callable=name, outcome="ERROR", seconds=0.0, child_pid=pid)
-    if hang is not None:
-        rule, hang_snap = hang
-        result.seconds = round(time.monotonic() - started, 3)  # fork to verdict, before the capture
-        result.outcome, result.rule = "HANG", rule
-        result.evidence = _evidence(pid, hang_snap, parent_names, capture, log_dir, scenario)
-        result.detail = f"{rule}: {result.evidence.get('summary', '')}".strip()
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return
+        inbox += chunk
+
+
+def _message(inbox: bytearray) -> dict:
+    """The child's JSON message (its first line), {} when it sent none or a broken one."""
+    line = bytes(inbox).split(b"\n", 1)[0]
+    try:
+        data = json.loads(line or b"{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _stop_probe_group(pid: int, reaped: bool) -> list[int]:
+    """Kill the probe child (unless ``reaped``: it exited and was waited for) and stop
+    every process left in its process group (the group keeps the child's pid as its
+    id while any member lives). Returns the pids of those leftovers; bounded."""
+    import psutil
+
+    from .watch import group_alive
+
+    members = []
+    if group_alive(pid):
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid not in (pid, os.getpid()) and os.getpgid(proc.pid) == pid \
+                        and proc.status() != psutil.STATUS_ZOMBIE:
+                    members.append(proc)
+            except (OSError, psutil.Error):
+                continue
+    if not reaped:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        os.waitpid(pid, 0)
-        os.close(read_end)
-        return result
-    result.seconds = round(time.monotonic() - started, 3)
-    message = _read_all(read_end)
-    os.close(read_end)
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            result.signal = signal.Signals(sig).name
-        except ValueError:
-            result.signal = f"signal {sig}"
-        result.outcome, result.detail = "CRASH", f"the child was killed by {result.signal}"
-        return result
-    code = os.WEXITSTATUS(status)
-    if code == 0 and message.get("status") == "ok":
-        result.outcome, result.detail = "OK", f"returned {message.get('returned')}"
-    else:
-        result.detail = message.get("error") or f"the child exited with code {code}"
-        if message.get("traceback"):
-            result.evidence = {"traceback": message["traceback"]}
-    return result
+        deadline = time.monotonic() + 5.0  # SIGKILL cannot be blocked; only a disk wait (state D) delays it
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.01)
+    if members:
+        check.stop_quietly(members, grace=0.5)
+    return [p.pid for p in members]
 
 
-def _read_all(fd: int) -> dict:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
+def start_watchdog(run_id: str, caller_pid: int | None, lifetime: float) -> int | None:
+    """Fork the runner's watchdog; returns its pid (None when there is nothing to watch).
+
+    The watchdog does nothing but look, every WATCHDOG_INTERVAL seconds, whether
+    the caller (the check CLI, or the lab) and this runner still run. Once either
+    is gone, or ``lifetime`` seconds have passed (the caller's own bound on the
+    whole check), it stops every process tagged ``FORKSAFETY_RUN_ID=run_id``
+    (processes the target or the probe forked, reparented to init after a SIGKILL
+    of the caller) and exits. It stays in the runner's process group, so the
+    caller's normal clean-up (killpg) ends it too. Forked before the target is
+    imported: a fork of a process with no thread.
+    """
+    import psutil
+
+    if not run_id or not caller_pid:
+        return None
+    runner = os.getpid()
     try:
-        return json.loads(b"".join(chunks) or b"{}")
-    except ValueError:
-        return {}
+        caller = psutil.Process(caller_pid)
+        caller.create_time()
+    except psutil.Error:
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    try:  # the watchdog
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        deadline = time.monotonic() + lifetime
+        while (time.monotonic() < deadline and os.getppid() == runner and caller.is_running()
+               and not check.process_gone(caller)):
+            time.sleep(WATCHDOG_INTERVAL)
+        check.sweep_tagged(run_id, exclude=(caller_pid,), grace=0.3)
+    finally:
+        os._exit(0)
 
 
-def _evidence(pid: int, snap, parent_names: list[str], capture: str, log_dir: Path, scenario: str) -> dict:
+def _set_child_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants are reparented to this
+    process instead of init, so they stay in its tree and are reaped (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _evidence(pid: int, snap, parent_names: list[str], capture: str, log_dir: Path, scenario: str,
+              command: list[str] | None = None) -> dict:
     """Evidence from a hung probe child, captured as the demo scripts capture it
     (``forksafety.capture.child_evidence``): threads lost in the fork, state,
     decoded syscall and futex; with "full", py-spy and pystack stacks. Written to
@@ -270,13 +422,25 @@ def _evidence(pid: int, snap, parent_names: list[str], capture: str, log_dir: Pa
                 "summary": summary + (f"; blocked in {syscall}" if syscall else "")}
     sections, evidence = cap.child_evidence(pid, snap, parent_names, os.getpid(), parent_label="parent (check runner)",
                                             child_label="probe child", stacks=capture == "full")
+    sections = [_short_tool_failure(title, body) for title, body in sections]
+    if snap.state == "T":
+        sections.insert(0, ("stopped", ["The probe child is stopped (state T): it received SIGSTOP or SIGTSTP "
+                                        "(sent by itself?) and never resumes by itself."]))
     try:
         path = cap.write_dump(cap.dump_path(log_dir, "check", scenario or "probe"),
-                              f"check --probe: hung forked child ({scenario or 'probe'})", sections)
+                              f"check --probe: hung forked child ({scenario or 'probe'})", sections, command=command)
         evidence["log"] = str(path)
     except OSError as exc:
         evidence["log_error"] = str(exc)
     return evidence
+
+
+def _short_tool_failure(title: str, body):
+    """A py-spy / pystack section as is, unless the tool failed: then one line
+    (its error and reason), never the tool's own Rust backtrace."""
+    if isinstance(body, str) and "(exit 0)" not in title and ("Stack backtrace:" in body or "Error:" in body):
+        return title, f"failed: {check.tool_failure_line(body)}"
+    return title, body
 
 
 def _import_error_text(exc: BaseException) -> tuple[str, str]:
@@ -292,9 +456,18 @@ def _import_error_text(exc: BaseException) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one request (see module docstring). Always writes the result file."""
+    from .watch import set_parent_death_signal
+
     argv = sys.argv[1:] if argv is None else argv
     request = json.loads(Path(argv[0]).read_text())
     result_path, marker = Path(request["result"]), Path(request["marker"])
+    caller_pid = request.get("caller_pid")
+    set_parent_death_signal()
+    if caller_pid and os.getppid() != caller_pid:  # the caller died before the line above: nobody to report to
+        return 1
+    _set_child_subreaper()
+    start_watchdog(request.get("run_id") or "", caller_pid, float(request.get("lifetime") or 300.0))
+    faulthandler.enable()  # a target that crashes the interpreter at import leaves its Python stack in the log
     tracker = check.start_tracking()
     result: dict = {"status": "ok"}
     started = time.perf_counter()
@@ -323,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         probe = probe_fork(func, request.get("args"), request["probe_timeout"], request["stall"],
                            request["capture"], Path(request["log_dir"]), request.get("scenario", ""),
-                           name=request["probe"])
+                           name=request["probe"], command=request.get("command"))
         result["probe"] = asdict(probe)
     _write(result_path, result)
     return 0

@@ -6,7 +6,8 @@
     python -m forksafety lab --all
 
 check exit codes: 0 SAFE (and the probe, if any, finished OK); 1 RISK or UNSAFE,
-or a probe that did not finish OK; 2 bad usage, or a target that cannot be
+or a probe that did not finish OK; 2 bad usage (a --json or --log-dir path that
+cannot be written is reported before any work), or a target that cannot be
 imported (with the import's own error shown); 130 interrupted.
 lab exit codes: 0 every case right, 1 one was not, 2 bad usage, 130 interrupted.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -25,9 +27,14 @@ from .check import PACKAGE_ROOT, PROBE_CAPTURE, CheckRequest, CheckRun, Report, 
 from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, fail,
                   install_interrupt_handlers, positive_float, positive_int)
 from .errors import ForkSafetyError, UsageError
+from .settings import check_writable
 
 PROG = "python -m forksafety"
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+_MODULE_RE = re.compile(rf"^{_DOTTED}$")
+_PROBE_RE = re.compile(rf"^{_DOTTED}(:{_DOTTED})?$")
+_TASK_NAME_RE = re.compile(r"^[^\s:]+$")  # a Celery task name (-A): any name without blanks or ':'
+PROBE_FORMS = "NAME or a.b (in the target), or module:callable (pkg.tasks:add)"
 
 
 def build_parser() -> Parser:
@@ -85,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m forksafety``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = [PROG, *(sys.argv[1:] if argv is None else argv)]
     if args.command is None:
         parser.print_usage(sys.stderr)
         return fail("choose a command: check or lab", prog=PROG)
@@ -105,23 +113,27 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------------ check
 def build_request(args) -> CheckRequest:
     """CheckRequest from the parsed ``check`` arguments. Raises UsageError for a
-    missing or doubled target, a missing file, a malformed module name or bad --args."""
+    missing or doubled target, a missing file (or a folder, or a device), a
+    malformed module name, a malformed --probe or bad --args."""
     if bool(args.target) == bool(args.app):
         raise UsageError("give exactly one target", "a module, a file, or -A APP")
     if args.app:
         kind, target = "app", args.app
     elif args.target.endswith(".py") or os.sep in args.target or "/" in args.target:
         kind, target = "file", args.target
-        if not Path(target).is_file():
-            raise UsageError(f"file {target} does not exist", "check the path, or give a module name")
+        _check_target_file(target)
         target = str(Path(target).resolve())
     else:
         kind, target = "module", args.target
         if not _MODULE_RE.match(target):
             raise UsageError(f"{target!r} is not a module name", "use dotted names (pkg.tasks) or a path to a .py file")
+    if args.probe is not None:
+        form = _TASK_NAME_RE if kind == "app" and ":" not in args.probe else _PROBE_RE
+        if not form.match(args.probe) or args.probe.startswith(".") or args.probe.endswith("."):
+            raise UsageError(f"--probe {args.probe!r} is not a callable name", f"use {PROBE_FORMS}")
     probe_args = None
     if args.args is not None:
-        if not args.probe:
+        if args.probe is None:
             raise UsageError("--args needs --probe", "add --probe CALLABLE")
         try:
             probe_args = json.loads(args.args)
@@ -132,7 +144,76 @@ def build_request(args) -> CheckRequest:
             raise UsageError("--args must be a JSON list or object", """e.g. --args '["hi"]' or --args '{"n": 2}'""")
     return CheckRequest(target=target, kind=kind, probe=args.probe, args=probe_args, timeout=args.timeout,
                         probe_timeout=args.probe_timeout, stall=args.stall, capture=args.capture,
-                        log_dir=str(args.log_dir.resolve()), scenario=_scenario_name(target))
+                        log_dir=str(args.log_dir.resolve()), scenario=_scenario_name(target),
+                        command=getattr(args, "argv", None))
+
+
+def _check_target_file(target: str) -> None:
+    """Raise UsageError unless ``target`` is an existing regular file, saying what it is instead."""
+    path = Path(target)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"file {target} does not exist", "check the path, or give a module name") from None
+    except NotADirectoryError:
+        raise UsageError(f"file {target} does not exist ({_file_above(path)} is a file, not a folder)",
+                         "check the path, or give a module name") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {target} ({exc.strerror or exc})", "check the path and its permissions") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{target} is a folder, not a .py file",
+                         "give a .py file, or the package as a module name (pkg or pkg.tasks)")
+    if not stat.S_ISREG(mode):
+        what = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+        raise UsageError(f"{target} is {what}, not a .py file", "give a .py file or a module name")
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing parent of ``path`` that is not a folder (None when there is none)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_file(path: Path, option: str = "--json") -> bool:
+    """Check, before any work, that ``path`` can take a record: not a folder, not
+    under a file, in a writable folder (created if missing). Returns True when a
+    file is already there (it will be replaced). Raises UsageError or SettingsError."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder", f"pass a file path, e.g. {option} {path / 'record.json'}")
+    above = _file_above(path)
+    if above is not None:
+        raise UsageError(f"{option} {path}: {above} is not a folder", "pass a path in a folder")
+    check_writable(path.parent, what=f"the folder of {option}",
+                   fix=f"pass {option} a path in a folder you can write to")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path} is not writable", "pass another file path, or make it writable")
+    return path.exists()
+
+
+def check_log_dir(path: Path, create: bool = True) -> None:
+    """Check, before any work, that ``path`` is (or can become) a writable folder for
+    evidence; with ``create``, create it. Raises UsageError or SettingsError."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--log-dir {path} is a file, not a folder", "pass a folder (it is created if missing)")
+    above = _file_above(path)
+    if above is not None:
+        raise UsageError(f"--log-dir {path}: {above} is not a folder", "pass a folder (it is created if missing)")
+    if create:
+        check_writable(path, what="--log-dir", fix="pass --log-dir a folder you can write to")
+
+
+def write_record(path: Path, data: dict, replaced: bool) -> str:
+    """Write the JSON record; return the line that says so (and whether a file was replaced).
+    Raises UsageError when it cannot be written after all (the folder went away...)."""
+    try:
+        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    except OSError as exc:
+        raise UsageError(f"could not write the record to {path} ({exc.strerror or exc})",
+                         "pass --json a path in a folder you can write to") from None
+    return f"record written to {path}" + (" (replaced the previous file)" if replaced else "")
 
 
 def _scenario_name(target: str) -> str:
@@ -169,33 +250,49 @@ def check_lines(run: CheckRun) -> list[str]:
             lines.append(f"  evidence: {ev['log']}")
         if ev.get("traceback"):
             lines += ["  " + line for line in ev["traceback"].rstrip().splitlines()[-6:]]
+        if p.get("leftovers"):
+            n = len(p["leftovers"])
+            lines.append(f"  note: the probe left {n} process{'es' if n != 1 else ''} running "
+                         f"(pid {', '.join(map(str, p['leftovers']))}): stopped")
     return lines
 
 
 def check_main(args) -> int:
-    """``check``: run it, print the report, write --json, return the exit code."""
+    """``check``: validate every path, run it, print the report, write --json, return the exit code."""
     request = build_request(args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
+    replaced = check_output_file(args.json) if args.json else False
+    check_log_dir(args.log_dir, create=args.probe is not None)
     run = run_check(request)
     prog = f"{PROG} check"
-    if args.json:
-        args.json.write_text(json.dumps(run.to_dict(), indent=2, default=str) + "\n")
+    if run.status == "ok":  # the report first: should the record fail to be written, it is not lost
+        print("\n".join(check_lines(run)), flush=True)
+    written = write_record(args.json, run.to_dict(), replaced) if args.json else None
     if run.status == "ok":
-        print("\n".join(check_lines(run)))
-        print(f"\nexit {run.exit_code}" + (f"; record written to {args.json}" if args.json else ""))
+        print(f"\nexit {run.exit_code}" + (f"; {written}" if written else ""))
         return run.exit_code
+    if written:
+        print(written)
     if run.status == "import-error":
         fail(f"importing {request.target!r} failed: {run.error}", prog=prog)
         sys.stderr.write((run.error_detail or "").rstrip() + "\n")
     elif run.status == "timeout":
         fail(f"{run.error}: it hangs at import (stack below); raise --timeout if it is only slow", prog=prog)
         sys.stderr.write((run.error_detail or "").rstrip() + "\n")
+    elif run.status == "stopped":
+        fail(f"{run.error}: a stopped process never resumes by itself; remove what stops it (stack below)",
+             prog=prog)
+        sys.stderr.write((run.error_detail or "").rstrip() + "\n")
     elif run.status == "not-found":
         fail(f"{run.error}: check the name, and run from the folder that contains it "
              "(or set PYTHONPATH)", prog=prog)
     elif run.status == "probe-not-found":
         fail(f"--probe: {run.error}", prog=prog)
+    elif run.status == "import-crashed":
+        fail(run.error, prog=prog)
+        ours = ("forksafety/checkrun.py", "<frozen ", "importlib/__init__.py")
+        lines = [ln for ln in run.output.rstrip().splitlines() if ln.strip() and not any(o in ln for o in ours)]
+        if lines:  # what the interpreter said as it died (faulthandler: the target's frames)
+            sys.stderr.write("\n".join(lines[-15:]) + "\n")
     else:
         fail(run.error or run.status, prog=prog)
         tail = run.output.rstrip().splitlines()[-15:]
@@ -219,10 +316,11 @@ def lab_main(args) -> int:
     if args.case and args.all:
         raise UsageError("--case and --all exclude each other", "choose one")
     cases = select_cases(args.case, args.all)
-    args.log_dir.mkdir(parents=True, exist_ok=True)
+    replaced = check_output_file(args.json) if args.json else False
+    check_log_dir(args.log_dir)
     options = LabOptions(timeout=args.timeout, probe_timeout=args.probe_timeout, stall=args.stall,
                          capture=args.capture, repeat=args.repeat, parallel=args.parallel,
-                         log_dir=args.log_dir.resolve())
+                         log_dir=args.log_dir.resolve(), command=getattr(args, "argv", None))
     print(f"forksafety lab: {len(cases)} case(s) x {args.repeat} run(s), {min(args.parallel, len(cases))} at a time; "
           f"child bound {args.probe_timeout:g} s, stall window {args.stall:g} s", flush=True)
     started = time.monotonic()
@@ -245,7 +343,5 @@ def lab_main(args) -> int:
     print(f"agreement: {right}/{total} cases right (observed outcome as measured, and check's verdict as expected); "
           f"check right {check_right}/{total}, outcomes as measured {outcome_right}/{total}; {wall:.1f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(lab_record(results, options, wall), indent=2, default=str) + "\n")
-        print(f"record written to {args.json}")
+        print(write_record(args.json, lab_record(results, options, wall), replaced))
     return EXIT_OK if right == total else EXIT_MISMATCH

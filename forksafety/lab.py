@@ -36,6 +36,7 @@ class LabOptions:
     timeout: import bound per case. probe_timeout: bound on the child's use().
     stall: window of the ``stalled`` hang rule. capture: "full", "light" or
     "none" (evidence for hung children). repeat: runs per case. parallel: cases at once.
+    log_dir: where evidence goes. command: the user's command line (evidence headers).
     """
 
     timeout: float = 60.0
@@ -45,6 +46,7 @@ class LabOptions:
     repeat: int = 1
     parallel: int = 2
     log_dir: Path = PACKAGE_ROOT / "crash_dumps"
+    command: list[str] | None = None  # the user's command line, for the header of evidence files
 
 
 @dataclass
@@ -62,6 +64,7 @@ class CaseRun:
     error: str | None = None
     lost_threads: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
+    leftovers: list[int] = field(default_factory=list)  # processes the child left running, stopped by check
 
 
 @dataclass
@@ -142,7 +145,7 @@ def _run_once(case: Case, options: LabOptions, cancel: threading.Event | None = 
             target=case.module, kind="module", probe=case.probe, timeout=options.timeout,
             probe_timeout=options.probe_timeout, stall=options.stall, capture=options.capture,
             log_dir=str(options.log_dir), scenario=f"lab_{case.name}", cwd=str(PACKAGE_ROOT),
-            env={**case.env, CASE_DIR_ENV: str(scratch)}), cancel)
+            env={**case.env, CASE_DIR_ENV: str(scratch)}, command=options.command), cancel)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result = CaseRun(outcome=None, verdict=run.verdict.value if run.verdict else None,
@@ -161,6 +164,7 @@ def _run_once(case: Case, options: LabOptions, cancel: threading.Event | None = 
     evidence = probe.get("evidence") or {}
     result.evidence_log = evidence.get("log")
     result.lost_threads = evidence.get("lost_threads") or []
+    result.leftovers = probe.get("leftovers") or []
     return result
 
 
@@ -242,6 +246,8 @@ def lab_details(results: list[CaseResult]) -> list[str]:
             out.append(f"    observed {run.outcome}{why} in {run.seconds:.1f} s: {run.detail[:160]}")
             if run.evidence_log:
                 out.append(f"    evidence: {run.evidence_log}")
+            if run.leftovers:
+                out.append(f"    note: the child left {len(run.leftovers)} process(es) running: stopped")
         if r.runs and r.runs[0].findings:
             out.append(f"    check: {r.runs[0].findings[0][:200]}")
     return out

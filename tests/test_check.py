@@ -179,6 +179,10 @@ def test_probe_hang_is_proven_with_evidence(tmp_path):
     evidence = next(line.split("evidence: ", 1)[1] for line in done.stdout.splitlines() if "evidence: " in line)
     text = Path(evidence).read_text()
     assert text.startswith("# forksafety check --probe") and "py-spy" in text and "lost in the fork: python" in text
+    # the header shows the user's command, not the internal runner's
+    assert (f"# command: python -m forksafety check forksafety.cases.lock_thread --probe use --capture full "
+            f"--log-dir {tmp_path}\n") in text
+    assert "checkrun" not in text.splitlines()[1]
 
 
 def test_probe_crash_names_the_signal(tmp_path):
@@ -237,6 +241,14 @@ def test_celery_app_with_chroma_is_unsafe_and_its_task_hangs(tmp_path):
     (["check", "forksafety.cases.plain", "--args", "[]"], "--args needs --probe"),
     (["check", "forksafety.cases.plain", "--timeout", "0"], "must be a positive number of seconds"),
     (["check", "forksafety.cases.plain", "--probe", "nothing_here"], "--probe: 'nothing_here' is not defined"),
+    (["check", "forksafety.cases.plain", "--probe", ":add"],
+     "error: --probe ':add' is not a callable name: use NAME or a.b (in the target), or module:callable"),
+    (["check", "forksafety.cases.plain", "--probe", "::"], "error: --probe '::' is not a callable name"),
+    (["check", "forksafety.cases.plain", "--probe", ""], "error: --probe '' is not a callable name"),
+    (["check", "forksafety.cases.plain", "--probe", "os..path:join"], "is not a callable name"),
+    (["check", "forksafety/"], "error: forksafety/ is a folder, not a .py file"),
+    (["check", "/dev/null"], "error: /dev/null is a character device, not a .py file"),
+    (["check", "README.md/tasks.py"], "README.md is a file, not a folder"),
     (["check", "-A", "forksafety.cases.plain"], "no Celery app found"),
     ([], "choose a command"),
 ])
@@ -245,6 +257,170 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(args, message):
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --json and --log-dir are checked before any work: the target (which leaves a file when it
+# is imported) is never imported, and the error is one line, exit 2.
+IMPORT_MARK_MODULE = """
+    import os
+    open(os.environ["FS_IMPORT_MARK"], "w").close()
+    def use():
+        return 1
+"""
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--json", "{tmp}"], "error: --json {tmp} is a folder: pass a file path"),
+    (["--json", "{tmp}/a_file/record.json"], "error: --json {tmp}/a_file/record.json: {tmp}/a_file is not a folder"),
+    (["--json", "/proc/record.json"], "error: the folder of --json /proc is not writable"),
+    (["--probe", "use", "--log-dir", "{tmp}/a_file"], "error: --log-dir {tmp}/a_file is a file, not a folder"),
+    (["--probe", "use", "--log-dir", "{tmp}/a_file/dumps"], "error: --log-dir {tmp}/a_file/dumps: {tmp}/a_file is "
+                                                            "not a folder"),
+    (["--probe", "use", "--log-dir", "/proc/dumps"], "error: --log-dir /proc/dumps is not writable"),
+])
+def test_output_paths_are_checked_before_any_work(tmp_path, extra, message):
+    write_module(tmp_path, "marks_import", IMPORT_MARK_MODULE)
+    (tmp_path / "a_file").write_text("not a folder")
+    mark = tmp_path / "imported"
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    done = forksafety("check", "marks_import", *extra, cwd=tmp_path, env={"FS_IMPORT_MARK": str(mark)})
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("python -m forksafety check: " + message.format(tmp=tmp_path)), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not mark.exists()  # nothing was run
+
+
+def test_json_onto_an_existing_file_says_it_was_replaced(tmp_path):
+    out = tmp_path / "report.json"
+    done = forksafety("check", "forksafety.cases.plain", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith(f"exit 0; record written to {out}")
+    done = forksafety("check", "forksafety.cases.plain", "--json", str(out))
+    assert done.stdout.rstrip().endswith(f"exit 0; record written to {out} (replaced the previous file)")
+    assert json.loads(out.read_text())["verdict"] == "SAFE"
+
+
+def test_probe_that_is_not_callable_says_what_it_is(tmp_path):
+    write_module(tmp_path, "has_constant", "NOTCALL = 3\n")
+    done = forksafety("check", "has_constant", "--probe", "NOTCALL", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "error: --probe: 'NOTCALL' is not callable (it is an int)" in done.stderr
+
+
+# ------------------------------------------------------------------ processes the target or probe leaves behind
+def test_probe_whose_children_keep_running_ends_at_once_and_stops_them(tmp_path):
+    write_module(tmp_path, "leaves_children", """
+        import os, time
+        def spawn():
+            [os.fork() == 0 and time.sleep(3600) for _ in range(3)]
+            return 1
+    """)
+    mark = uuid.uuid4().hex
+    record = tmp_path / "record.json"
+    started = time.monotonic()
+    done = forksafety("check", "leaves_children", "--probe", "spawn", "--probe-timeout", "20", "--json", str(record),
+                      cwd=tmp_path, env={"FS_TEST_MARK": mark})
+    assert time.monotonic() - started < 15  # it waited ~90 s for end-of-file on the result pipe
+    assert done.returncode == 0, done.stderr
+    assert "Probe: spawn() in a forked child: OK" in done.stdout and "returned 1" in done.stdout
+    assert "note: the probe left 3 processes running" in done.stdout
+    assert len(json.loads(record.read_text())["probe"]["leftovers"]) == 3
+    assert tagged_processes("FS_TEST_MARK", mark) == []
+
+
+def test_sigkill_of_check_leaves_no_process_of_the_target(tmp_path):
+    write_module(tmp_path, "forks_at_import", """
+        import os, time
+        if os.fork() == 0:            # a child of the import, in the runner's process group
+            if os.fork() == 0:        # and one that leaves it (a daemon's own session)
+                os.setsid()
+                time.sleep(3600)
+                os._exit(0)
+            time.sleep(3600)
+            os._exit(0)
+        time.sleep(60)                # the import is still running when check is killed
+    """)
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FS_TEST_MARK": mark}
+    proc = subprocess.Popen([sys.executable, "-m", "forksafety", "check", "forks_at_import", "--timeout", "90"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(tagged_processes("FS_TEST_MARK", mark)) < 5:
+            time.sleep(0.1)  # CLI, runner, its watchdog, the import's child and grandchild
+        assert len(tagged_processes("FS_TEST_MARK", mark)) == 5
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and tagged_processes("FS_TEST_MARK", mark):
+            time.sleep(0.1)
+        left = tagged_processes("FS_TEST_MARK", mark)
+        assert left == [], [(p.pid, p.cmdline()) for p in left]
+    finally:
+        proc.kill()
+        for p in tagged_processes("FS_TEST_MARK", mark):
+            p.kill()
+
+
+@pytest.mark.parametrize("source, message", [
+    ("import ctypes\nctypes.string_at(0)\n", "error: importing 'dies_at_import' killed the process with SIGSEGV"),
+    ("import os\nos._exit(0)\n", "error: importing 'dies_at_import' exited the process with code 0 (os._exit() "
+                                 "at import?)"),
+])
+def test_import_that_ends_the_process_names_the_target_and_the_cause(tmp_path, source, message):
+    write_module(tmp_path, "dies_at_import", source)
+    done = forksafety("check", "dies_at_import", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == f"python -m forksafety check: {message}"
+    assert "without a result" not in done.stderr
+    if "SIGSEGV" in message:  # the interpreter's last words point at the target's line
+        assert 'dies_at_import.py", line 2 in <module>' in done.stderr and "checkrun.py" not in done.stderr
+
+
+def test_target_that_stops_itself_is_reported_as_stopped(tmp_path):
+    write_module(tmp_path, "stops_itself", """
+        import os, signal
+        def stop():
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if os.environ.get("FS_STOP_AT_IMPORT"):
+            stop()
+    """)
+    started = time.monotonic()
+    done = forksafety("check", "stops_itself", "--timeout", "60", cwd=tmp_path, env={"FS_STOP_AT_IMPORT": "1"})
+    assert time.monotonic() - started < 20  # not the 60 s import bound
+    assert done.returncode == 2
+    assert "error: importing 'stops_itself' stopped the process (state T" in done.stderr
+    assert "stops_itself.py:6" in done.stderr  # where (py-spy, without suspending the stopped process)
+    assert "Stack backtrace" not in done.stderr and "anyhow" not in done.stderr
+    done = forksafety("check", "stops_itself", "--probe", "stop", "--probe-timeout", "2", "--capture", "full",
+                      "--log-dir", str(tmp_path / "dumps"), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "in a forked child: HANG (deadline)" in done.stdout
+    assert "the child is stopped (state T" in done.stdout
+    [evidence] = (tmp_path / "dumps").iterdir()
+    text = evidence.read_text()
+    assert "The probe child is stopped (state T)" in text
+    assert "Stack backtrace" not in text and "anyhow" not in text
+
+
+def test_tool_failure_is_one_line():
+    from forksafety.check import tool_failure_line
+
+    spy = textwrap.dedent("""\
+        Process 1: python x.py
+        Python v3.11.7
+
+        Error: Failed to get stack traces
+
+        Caused by:
+            0: Failed to suspend process
+            1: unexpected waitpid result
+
+        Stack backtrace:
+           0: <E as anyhow::context::ext::StdError>::ext_context
+           1: py_spy::main
+    """)
+    assert tool_failure_line(spy) == "Error: Failed to get stack traces (unexpected waitpid result)"
 
 
 def test_import_error_shows_the_targets_own_error(tmp_path):

@@ -78,10 +78,24 @@ def test_case_selection():
     (["lab", "--case", "nope"], "error: unknown case 'nope'"),
     (["lab", "--all", "--case", "plain-module"], "--case and --all exclude each other"),
     (["lab", "--all", "--repeat", "0"], "must be 1 or more"),
+    (["lab", "--case", "plain-module", "--json", "forksafety"], "error: --json forksafety is a folder: pass a file path"),
+    (["lab", "--case", "plain-module", "--json", "README.md/lab.json"], "README.md is not a folder"),
+    (["lab", "--case", "plain-module", "--json", "/proc/lab.json"], "error: the folder of --json /proc is not writable"),
+    (["lab", "--case", "plain-module", "--log-dir", "README.md"], "error: --log-dir README.md is a file, not a folder"),
 ])
 def test_lab_bad_input_exits_2(args, message):
-    done = forksafety(*args)
+    done = forksafety(*args, timeout=30)  # checked before any case runs
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == "" and len(done.stderr.splitlines()) == 1
+
+
+def test_lab_json_onto_an_existing_file_says_it_was_replaced(tmp_path):
+    record = tmp_path / "lab.json"
+    record.write_text("old")
+    done = forksafety("lab", "--case", "plain-module", "--json", str(record), "--log-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert f"record written to {record} (replaced the previous file)" in done.stdout
+    assert json.loads(record.read_text())["agreement"]["figure"] == "1/1"
 
 
 def test_lab_list():
