@@ -124,23 +124,42 @@ def process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _gone(proc: psutil.Process) -> bool:
+    """True when ``proc`` has exited: gone, or a zombie (exited, not yet reaped; a
+    container's PID 1 may never reap the orphans it adopts)."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` seconds until every process is gone or a zombie; return the others."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if not _gone(p)]
+    while alive and time.monotonic() < deadline:
+        _, still = psutil.wait_procs(alive, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+        alive = [p for p in still if not _gone(p)]
+    return alive
+
+
 def stop_processes(procs: Iterable[psutil.Process], grace: float = 1.0, sig: int = signal.SIGTERM) -> list[int]:
     """Send ``sig`` to every process, wait up to ``grace`` seconds, SIGKILL the rest,
-    and wait (bounded, 5 s) until they are gone. Returns the pids still alive (normally [])."""
-    procs = [p for p in procs if p.is_running()]
+    and wait (bounded, 5 s) until they are gone. Zombies count as gone. Returns the
+    pids still alive (normally [])."""
+    procs = [p for p in procs if not _gone(p)]
     for p in procs:
         try:
             p.send_signal(sig)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = _wait_gone(procs, grace)
     for p in alive:
         try:
             p.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    _, alive = psutil.wait_procs(alive, timeout=5.0)
-    return [p.pid for p in alive]
+    return [p.pid for p in _wait_gone(alive, 5.0)]
 
 
 def stop_tree(pid: int, grace: float = 1.0, sig: int = signal.SIGTERM, pgid: int | None = None) -> list[int]:
