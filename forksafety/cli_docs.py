@@ -110,7 +110,9 @@ def bodies(out: Path) -> tuple[dict[str, str], str]:
          *unfinished["before"], unfinished["line"]])))
     spy = next(((h, body) for h, body in docs.sections(celery_log).items()
                 if h.startswith("py-spy") and "(exit 0)" in h), ("py-spy: (no successful dump)", ""))
-    b["celery-capture"] = _fence(_cut(docs.section(celery_log, "threads") + "\n\n" +
+    b["celery-capture"] = _fence(_cut("== verdict ==\n" + docs.section(celery_log, "verdict") + "\n\n" +
+                                      "== what this means ==\n" + docs.section(celery_log, "what this means") +
+                                      "\n\n" + docs.section(celery_log, "threads") + "\n\n" +
                                       docs.section(celery_log, "current syscall") + "\n\n" +
                                       f"$ {spy[0].split(': ', 1)[1].rsplit(' (exit', 1)[0]}\n" +
                                       "\n".join(spy[1].splitlines()[:16])))
