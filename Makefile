@@ -140,8 +140,8 @@ native-clean: ## Delete everything in crash_dumps/ but its README.md, and chroma
 docs: $(PY) ## Run the captures (demo, gdb, strace, matrix) and regenerate the captured blocks of README.md and docs/
 	$(PY) scripts/make_docs.py $(ARGS)
 
-check-app: $(PY) ## What a fork would break in the bug's task module (forksafety check; exit 1: UNSAFE)
-	$(PY) -m forksafety check celery_examples/tasks_pool_test.py $(ARGS)
+check-app: $(PY) ## What a fork would break in the bug's task module (UNSAFE, as it should be: make says "ignored")
+	-$(PY) -m forksafety check celery_examples/tasks_pool_test.py $(ARGS)
 
 lab: $(PY) ## The checker's case corpus: a real fork's outcome against the check's verdict
 	$(PY) -m forksafety lab --all $(ARGS)

@@ -171,7 +171,7 @@ def start_private_redis(run_id: str, timeout: float = 5.0) -> Broker:
     binary = shutil.which("redis-server")
     if binary is None:
         raise BrokerError("redis-server is not installed", START_REDIS_HELP)
-    workdir = Path(tempfile.mkdtemp(prefix="forksafety-redis-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"forksafety-redis-{os.getpid()}-"))
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

@@ -212,8 +212,8 @@ def python_stacks(pid: int) -> tuple[list[Section], str | None]:
             reason = next((ln.strip() for ln in failed.output.splitlines() if "UNW_" in ln or ln.startswith("Error")),
                           "see py-spy")
             sections[-1] = (f"py-spy: {' '.join(failed.command)} (exit {failed.returncode})",
-                            f"py-spy could not unwind the native frames ({reason}): the Rust library is "
-                            "stripped. Retried without --native below.")
+                            f"py-spy could not unwind the native frames this time ({reason}); this is "
+                            "py-spy's own failure, not part of the hang. Retried without --native below.")
         sections.append((f"py-spy: {' '.join(spy.command)} (exit {spy.returncode})", spy.output))
     if sys.platform.startswith("linux"):
         stack = pystack_remote(pid)

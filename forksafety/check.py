@@ -1209,7 +1209,10 @@ def run_check(request: CheckRequest, cancel: threading.Event | None = None) -> C
         raise ForkSafetyError(f"unknown target kind {request.kind!r}", f"use one of {', '.join(TARGET_KINDS)}")
     started = time.monotonic()
     run_id = f"check-{os.urandom(5).hex()}"
-    work = Path(tempfile.mkdtemp(prefix="forksafety-check-"))
+    from .watch import remove_stale_temp_folders
+
+    remove_stale_temp_folders()
+    work = Path(tempfile.mkdtemp(prefix=f"forksafety-check-{os.getpid()}-"))
     req_path, result_path, out_path = work / "request.json", work / "result.json", work / "output.log"
     marker = work / "imported"
     import_deadline = started + request.timeout

@@ -136,9 +136,15 @@ def bodies(out: Path) -> tuple[dict[str, str], str]:
     b["demo-variants"] = "\n".join(rows) + "\n"
     b["startmethod-bench"] = _fence((out / "startmethod.out").read_text())
     eventlet_log = (out / "dumps" / "worker_eventlet.log").read_text()
-    warning = [line for line in eventlet_log.splitlines() if "Eventlet is deprecated" in line
-               or "EventletDeprecationWarning" in line]
-    b["eventlet-warning"] = _fence("\n".join(_cut(line, 150) for line in warning[:3]) or "(no warning logged)")
+    lines = eventlet_log.splitlines()
+    start = next((i for i, line in enumerate(lines) if "EventletDeprecationWarning" in line), None)
+    warning = []
+    if start is not None:
+        for line in lines[start:start + 8]:
+            if warning and (line.startswith("[") or not line.strip()):
+                break
+            warning.append(line)
+    b["eventlet-warning"] = _fence("\n".join(_cut(line, 150) for line in warning) or "(no warning logged)")
     return b, provenance
 
 

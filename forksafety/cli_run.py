@@ -15,13 +15,23 @@ from rich.table import Table
 
 from . import harness
 from .broker import MODES, resolve_broker
-from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, Interrupted, Parser, fail,
-                  install_interrupt_handlers, path_arg, positive_float, positive_int)
+from .cli import (
+    EXIT_INTERRUPTED,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    Interrupted,
+    Parser,
+    fail,
+    install_interrupt_handlers,
+    path_arg,
+    positive_float,
+    positive_int,
+)
 from .errors import BrokerError, ForkSafetyError, UsageError
 from .outcome import Outcome, Verdict
 from .report import results_record, results_table, write_json
 from .settings import check_writable, load_settings
-from .watch import sweep_run
+from .watch import remove_stale_temp_folders, sweep_run
 
 PROG = "run_test.py"
 
@@ -157,6 +167,9 @@ def _run(args, scenarios: list[harness.Scenario], settings, console: Console) ->
         stale = remove_stale_run_folders(settings.chroma_dir)
         if stale:
             console.print(f"removed {len(stale)} Chroma folder(s) left by killed runs under {settings.chroma_dir}")
+        stale_tmp = remove_stale_temp_folders()
+        if stale_tmp:
+            console.print(f"removed {len(stale_tmp)} temporary folder(s) left by killed runs")
         broker = resolve_broker(args.broker, settings.redis_url, options.run_id)
         console.print(f"broker: {broker.describe()}")
         console.print(f"settings: {settings.redacted()}")

@@ -248,7 +248,7 @@ class ScenarioRun:
         """Start the worker in its own process group, its log in ``log_path``."""
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
         self.chroma_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix="forksafety-run-"))
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"forksafety-run-{os.getpid()}-"))
         with open(self.log_path, "w") as log:
             log.write(f"# {' '.join(self.command())}\n")
             log.flush()

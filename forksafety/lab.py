@@ -14,6 +14,7 @@ Importing this module starts no thread and opens no connection.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -139,7 +140,7 @@ def select_cases(names: list[str] | None, everything: bool) -> list[Case]:
 
 
 def _run_once(case: Case, options: LabOptions, cancel: threading.Event | None = None) -> CaseRun:
-    scratch = Path(tempfile.mkdtemp(prefix=f"forksafety-lab-{case.name}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"forksafety-lab-{os.getpid()}-{case.name}-"))
     try:
         run: CheckRun = run_check(CheckRequest(
             target=case.module, kind="module", probe=case.probe, timeout=options.timeout,

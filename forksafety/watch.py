@@ -19,10 +19,12 @@ Hang rules, strongest first (see ``classify_blocked``):
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -214,6 +216,30 @@ def sweep_run(run_id: str, grace: float = 1.0, name: str = RUN_ID_ENV, rounds: i
         found += [p.pid for p in procs]
         stop_processes(procs, grace=grace)
     return found
+
+
+STALE_TEMP_RE = re.compile(r"^forksafety-(?:run|redis|check|lab)-(\d+)-|^forksafety-fsbroker-\d{8}-\d{6}-(\d+)-")
+
+
+def remove_stale_temp_folders(tmp: Path | None = None) -> list[Path]:
+    """Remove our temporary folders left by processes that were killed: names
+    ``forksafety-{run,redis,check,lab}-<pid>-*`` and ``forksafety-fsbroker-<time>-<pid>-*``
+    whose pid no longer exists. Nothing else is touched. Returns the folders removed."""
+    import shutil
+    import tempfile
+
+    removed = []
+    folder_root = tmp or Path(tempfile.gettempdir())
+    try:
+        entries = list(folder_root.iterdir())
+    except OSError:
+        return []
+    for folder in entries:
+        match = STALE_TEMP_RE.match(folder.name)
+        if match and folder.is_dir() and not psutil.pid_exists(int(match.group(1) or match.group(2))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
