@@ -9,6 +9,7 @@ that no block was edited by hand (exit 1 when one was).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ PY = sys.executable
 
 def _run(argv: list[str], timeout: float, log: Path) -> subprocess.CompletedProcess:
     done = subprocess.run([PY, *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**__import__("os").environ, "COLUMNS": "140"})
+                          env={**os.environ, "COLUMNS": "140"})
     log.write_text(done.stdout + done.stderr)
     return done
 
