@@ -78,5 +78,5 @@ def positive_int(text: str) -> int:
 def path_arg(text: str) -> Path:
     """argparse type: a non-empty path (an empty one would silently mean the current folder)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: pass a path")
+        raise argparse.ArgumentTypeError("an empty path is not allowed: give a folder or file name")
     return Path(text)

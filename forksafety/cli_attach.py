@@ -25,8 +25,8 @@ from . import procinfo
 from .capture import (DEBUGGER_TIMEOUT, DebuggerCapture, check_ptrace_allowed, check_tool_runs, count_names,
                       debugger_report_sections, describe_snapshot, dump_path, gdb_capture, innermost_python_frame,
                       last_line, lldb_capture, lldb_catch, require_tool, write_dump)
-from .cli import EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, Interrupted, Parser, fail, install_interrupt_handlers
-from .cli_demo import (MAX_SECONDS, OnceAction, check_log_dir, check_output_file, path_type, quiet_signals,
+from .cli import EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, Interrupted, Parser, fail, install_interrupt_handlers, path_arg
+from .cli_demo import (MAX_SECONDS, OnceAction, check_log_dir, check_output_file, quiet_signals,
                        record_json, say, seconds_type, sweep_leftovers, written)
 from .demo import DEFAULT_VARIANT, VARIANTS, DemoOptions, DemoRecord, DemoRun, expected_demo_outcome
 from .errors import ForkSafetyError, UsageError
@@ -68,11 +68,11 @@ def build_parser(tool: str) -> Parser:
         p.add_argument("--mode", choices=("auto", "attach", "catch"), default="auto",
                        help="attach: to the stuck child (Linux); catch: attach before the child runs and catch "
                             "its crash (macOS SIGTRAP); auto (default): catch on macOS, attach elsewhere")
-    p.add_argument("--json", type=path_type, metavar="PATH",
+    p.add_argument("--json", type=path_arg, metavar="PATH",
                    help="write the record (with every pid started) to PATH (an existing file is replaced, "
                         "and the output says so)")
     p.add_argument("--keep-data", action="store_true", help="keep the run's Chroma folder")
-    p.add_argument("--log-dir", type=path_type, default=REPO_ROOT / "crash_dumps", metavar="DIR",
+    p.add_argument("--log-dir", type=path_arg, default=REPO_ROOT / "crash_dumps", metavar="DIR",
                    help="where the log goes (default crash_dumps/)")
     p.epilog = ("Every run first removes the Chroma folders demo-<variant>-<pid>-* of killed demo runs "
                 "(their process is gone).")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .capture import (check_tool_runs, count_names, dump_path, find_unfinished_futex, require_tool, run_tool,
                       strace_command, write_dump)
-from .cli import EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, fail, install_interrupt_handlers
+from .cli import EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, fail, install_interrupt_handlers, path_arg
 from .demo import (DEFAULT_DOCUMENTS, DEFAULT_VARIANT, VARIANTS, DemoOptions, DemoRecord, DemoRun,
                    expected_demo_outcome, record_sections, remove_stale_demo_folders, remove_stale_pid_folders)
 from .errors import ForkSafetyError, UsageError
@@ -82,13 +82,6 @@ def count_type(high: int = MAX_DOCUMENTS):
     return parse
 
 
-def path_type(text: str) -> Path:
-    """argparse type: a non-empty path (Path("") would silently mean the current folder)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path is not allowed: give a folder or file name")
-    return Path(text)
-
-
 class OnceAction(argparse.Action):
     """Store an option's value; the same option given again with another value is an error."""
 
@@ -123,14 +116,14 @@ def build_parser() -> Parser:
     p.add_argument("--documents", type=count_type(), default=DEFAULT_DOCUMENTS, metavar="N",
                    help=f"documents the child adds in one call (default {DEFAULT_DOCUMENTS}, at most "
                         f"{MAX_DOCUMENTS}; other-dir behaves differently with 1)")
-    p.add_argument("--json", type=path_type, metavar="PATH",
+    p.add_argument("--json", type=path_arg, metavar="PATH",
                    help="write the record to PATH (an existing file is replaced, and the output says so)")
     p.add_argument("--strace", action="store_true",
                    help="run the demo under strace -f -tt; the trace goes to crash_dumps/strace_<variant>_<time>.trace")
     p.add_argument("--strace-path", metavar="PATH", help="strace binary (with --strace; default: strace on PATH)")
     p.add_argument("--no-stacks", action="store_true", help="skip py-spy/pystack stacks of a hung child")
     p.add_argument("--keep-data", action="store_true", help="keep the run's Chroma folder")
-    p.add_argument("--log-dir", type=path_type, default=REPO_ROOT / "crash_dumps", metavar="DIR",
+    p.add_argument("--log-dir", type=path_arg, default=REPO_ROOT / "crash_dumps", metavar="DIR",
                    help="where logs and traces go (default crash_dumps/)")
     p.epilog = ("Every run first removes what killed runs left behind: Chroma folders demo-<variant>-<pid>-* "
                 "whose process is gone, and temporary folders forksafety-strace-<pid>-* of --strace runs.")

@@ -32,8 +32,8 @@ CASES = {
     "unknown-provider": (["--all"], {"PROVIDER": "cohere"}, "unknown PROVIDER 'cohere'"),
     "missing-key": (["--all"], {"PROVIDER": "openai", "API_KEY": ""}, "PROVIDER=openai needs an API key"),
     "huge-concurrency": (["--all", "--concurrency", "100000"], {}, "--concurrency 100000 is more than 64"),
-    "empty-json": (["--pool", "solo", "--json", ""], {}, "argument --json: is empty"),
-    "empty-log-dir": (["--pool", "solo", "--log-dir", ""], {}, "argument --log-dir: is empty"),
+    "empty-json": (["--pool", "solo", "--json", ""], {}, "argument --json: an empty path is not allowed"),
+    "empty-log-dir": (["--pool", "solo", "--log-dir", ""], {}, "argument --log-dir: an empty path is not allowed"),
     "bad-collection": (["--pool", "solo"], {"COLLECTION_NAME": "x"}, "not a valid Chroma collection name"),
 }
 
