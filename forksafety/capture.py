@@ -803,19 +803,8 @@ def gdb_capture(pid: int, gdb: str = "gdb", python_stack: str = "auto", extra: l
     require_tool(gdb, "gdb", "install it: apt-get install gdb (Debian/Ubuntu), dnf install gdb (Fedora)")
     extension = find_python_gdb_extension(pid) if python_stack in ("auto", "py-bt") else None
     command = [gdb, "-p", str(pid), "-batch", "-nx", *gdb_commands(machine, extension, list(extra))]
-    out = run_tool(command, timeout=timeout, on_start=on_start)
-    if out.pid is None:
-        raise not_runnable("gdb", out, "point --gdb at a working gdb, or install it: apt-get install gdb")
-    refused = ptrace_refusal(out.output, "gdb")
-    if refused is not None:
-        raise refused
-    cap = DebuggerCapture("gdb", command, out.returncode, out.output, out.pid,
-                          sections=split_gdb_sections(out.output), timeout=timeout)
-    cap.registers = parse_registers(cap.section("registers"))
-    cap.syscall = decode_syscall_registers(cap.registers, machine)
-    word = parse_memory_word(cap.section("x/wx"))
-    if cap.syscall is not None and cap.syscall.call.futex and word and word[0] == cap.syscall.call.futex["uaddr"]:
-        cap.syscall.value_now, cap.syscall.value_source = word[1], "gdb x/wx"
+    cap = _run_debugger("gdb", command, timeout, on_start, split_gdb_sections, "registers", "x/wx", machine,
+                        install="apt-get install gdb")
     py_bt = cap.section("py-bt")
     if extension is not None and 'File "' in py_bt:
         cap.python_stack, cap.python_stack_source = py_bt, "py-bt"
@@ -952,21 +941,31 @@ def _lldb_capture(pid: int, lldb: str, args: list[str], machine: str, timeout: f
                   on_start: Callable[[int], None] | None, nr: int | None) -> DebuggerCapture:
     require_tool(lldb, "lldb", "install it: apt-get install lldb (Debian/Ubuntu); on macOS: xcode-select --install")
     command = [lldb, "-p", str(pid), "--batch", *args]
-    out = run_tool(command, timeout=timeout, on_start=on_start)
-    if out.pid is None:
-        raise not_runnable("lldb", out, "point --lldb at a working lldb, or install it: apt-get install lldb")
-    refused = ptrace_refusal(out.output, "lldb")
-    if refused is not None:
-        raise refused
     # lldb 14 on Debian prints "No module named 'lldb.embedded_interpreter'" (its Python
     # scripting is not packaged): harmless for the commands used here.
-    cap = DebuggerCapture("lldb", command, out.returncode, out.output, out.pid,
-                          sections=split_lldb_sections(out.output), timeout=timeout)
-    cap.registers = parse_registers(cap.section("register read"))
+    return _run_debugger("lldb", command, timeout, on_start, split_lldb_sections, "register read", "memory read",
+                         machine, install="apt-get install lldb", nr=nr)
+
+
+def _run_debugger(tool: str, command: list[str], timeout: float, on_start: Callable[[int], None] | None,
+                  split: Callable[[str], list[Section]], registers: str, memory: str, machine: str,
+                  install: str, nr: int | None = None) -> DebuggerCapture:
+    """Run a batch-mode debugger (bounded by ``timeout`` seconds) and decode what it
+    printed: sections, registers, the syscall they show and the futex word it read.
+    Raises ToolMissingError when it cannot run, PtraceError when the attach is refused."""
+    out = run_tool(command, timeout=timeout, on_start=on_start)
+    if out.pid is None:
+        raise not_runnable(tool, out, f"point --{tool} at a working {tool}, or install it: {install}")
+    refused = ptrace_refusal(out.output, tool)
+    if refused is not None:
+        raise refused
+    cap = DebuggerCapture(tool, command, out.returncode, out.output, out.pid, sections=split(out.output),
+                          timeout=timeout)
+    cap.registers = parse_registers(cap.section(registers))
     cap.syscall = decode_syscall_registers(cap.registers, machine, nr=nr)
-    word = parse_memory_word(cap.section("memory read"))
+    word = parse_memory_word(cap.section(memory))
     if cap.syscall is not None and cap.syscall.call.futex and word and word[0] == cap.syscall.call.futex["uaddr"]:
-        cap.syscall.value_now, cap.syscall.value_source = word[1], "lldb memory read"
+        cap.syscall.value_now, cap.syscall.value_source = word[1], f"{tool} {memory}"
     return cap
 
 

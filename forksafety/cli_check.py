@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .check import PACKAGE_ROOT, PROBE_CAPTURE, CheckRequest, CheckRun, Report, format_report, run_check
 from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, fail,
-                  install_interrupt_handlers, positive_float, positive_int)
+                  install_interrupt_handlers, path_arg, positive_float, positive_int)
 from .errors import ForkSafetyError, UsageError
 from .settings import check_writable
 
@@ -53,7 +53,7 @@ def build_parser() -> Parser:
                         "and report OK, HANG, CRASH <signal> or ERROR")
     c.add_argument("--args", metavar="JSON",
                    help="arguments for --probe: a JSON list (positional) or object (keywords)")
-    c.add_argument("--json", type=Path, metavar="PATH", help="write the full record to PATH")
+    c.add_argument("--json", type=path_arg, metavar="PATH", help="write the full record to PATH")
     c.add_argument("--timeout", type=positive_float, default=30.0, metavar="SECONDS",
                    help="bound on the target's import (default 30)")
     c.add_argument("--probe-timeout", type=positive_float, default=15.0, metavar="SECONDS",
@@ -62,7 +62,7 @@ def build_parser() -> Parser:
                    help="window of the 'stalled' hang rule (default 2)")
     c.add_argument("--capture", choices=PROBE_CAPTURE, default="full",
                    help="evidence from a hung probe child: full (py-spy + pystack, default), light, none")
-    c.add_argument("--log-dir", type=Path, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
+    c.add_argument("--log-dir", type=path_arg, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
                    help="where probe evidence goes (default crash_dumps/)")
 
     lab = sub.add_parser("lab", help="run the case corpus: observed outcome of a real fork vs the check's verdict",
@@ -71,7 +71,7 @@ def build_parser() -> Parser:
     lab.add_argument("--case", action="append", metavar="NAME", help="a case to run (repeatable); see --list")
     lab.add_argument("--all", action="store_true", help="every case")
     lab.add_argument("--list", action="store_true", help="list the cases and exit")
-    lab.add_argument("--json", type=Path, metavar="PATH", help="write the lab record to PATH")
+    lab.add_argument("--json", type=path_arg, metavar="PATH", help="write the lab record to PATH")
     lab.add_argument("--repeat", type=positive_int, default=1, metavar="N", help="runs per case (default 1)")
     lab.add_argument("--parallel", type=positive_int, default=max(1, os.cpu_count() or 1), metavar="N",
                      help="cases at once (default: the number of CPUs)")
@@ -83,7 +83,7 @@ def build_parser() -> Parser:
                      help="window of the 'stalled' hang rule (default 2)")
     lab.add_argument("--capture", choices=PROBE_CAPTURE, default="light",
                      help="evidence from hung children: full (py-spy + pystack), light (default), none")
-    lab.add_argument("--log-dir", type=Path, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
+    lab.add_argument("--log-dir", type=path_arg, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
                      help="where evidence goes (default crash_dumps/)")
     return p
 

@@ -19,17 +19,45 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from .capture import (check_tool_runs, count_names, dump_path, find_unfinished_futex, require_tool, run_tool,
-                      strace_command, write_dump)
-from .cli import EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, fail, install_interrupt_handlers, path_arg
-from .demo import (DEFAULT_DOCUMENTS, DEFAULT_VARIANT, VARIANTS, DemoOptions, DemoRecord, DemoRun,
-                   expected_demo_outcome, record_sections, remove_stale_demo_folders, remove_stale_pid_folders)
+from .capture import (
+    check_tool_runs,
+    count_names,
+    dump_path,
+    find_unfinished_futex,
+    require_tool,
+    run_tool,
+    strace_command,
+    write_dump,
+)
+from .cli import (
+    EXIT_INTERRUPTED,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    EXIT_USAGE,
+    Interrupted,
+    Parser,
+    fail,
+    install_interrupt_handlers,
+    int_range,
+    path_arg,
+)
+from .demo import (
+    DEFAULT_DOCUMENTS,
+    DEFAULT_VARIANT,
+    VARIANTS,
+    DemoOptions,
+    DemoRecord,
+    DemoRun,
+    expected_demo_outcome,
+    record_sections,
+    remove_stale_demo_folders,
+)
 from .errors import ForkSafetyError, UsageError
 from .outcome import Outcome, current_platform
 from .report import write_json
 from .settings import REPO_ROOT, check_writable, load_settings
 from .versions import header_lines, package_versions, platform_record
-from .watch import RULE_DEADLINE, set_parent_death_signal
+from .watch import RULE_DEADLINE, remove_stale_pid_folders, set_parent_death_signal
 
 PROG = "demo_crash.py"
 SCRIPT = REPO_ROOT / "scripts" / "demo_crash.py"
@@ -60,23 +88,6 @@ def seconds_type(low: float = MIN_SECONDS, high: float = MAX_SECONDS):
                                              f"cannot tell a stuck child from one still starting")
         if value > high:
             raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g} seconds")
-        return value
-
-    return parse
-
-
-def count_type(high: int = MAX_DOCUMENTS):
-    """argparse type: an integer in [1, high]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high}")
         return value
 
     return parse
@@ -113,7 +124,7 @@ def build_parser() -> Parser:
                    help=f"window of the 'stalled' hang rule (default 2; {MIN_SECONDS:g} to {MAX_SECONDS:g})")
     p.add_argument("--full-timeout", action="store_true",
                    help="wait the whole --timeout even when the deadlock is already proven")
-    p.add_argument("--documents", type=count_type(), default=DEFAULT_DOCUMENTS, metavar="N",
+    p.add_argument("--documents", type=int_range(MAX_DOCUMENTS), default=DEFAULT_DOCUMENTS, metavar="N",
                    help=f"documents the child adds in one call (default {DEFAULT_DOCUMENTS}, at most "
                         f"{MAX_DOCUMENTS}; other-dir behaves differently with 1)")
     p.add_argument("--json", type=path_arg, metavar="PATH",

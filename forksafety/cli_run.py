@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ from .errors import BrokerError, ForkSafetyError, UsageError
 from .outcome import Outcome, Verdict
 from .report import results_record, results_table, write_json
 from .settings import check_writable, load_settings
-from .watch import remove_stale_temp_folders, sweep_run
+from .watch import remove_stale_pid_folders, remove_stale_temp_folders, sweep_run
 
 PROG = "run_test.py"
 
@@ -111,21 +112,13 @@ class Progress:
 MAX_CONCURRENCY = 64  # pool processes per worker; more is a typo, not a test
 
 
+STALE_RUN_FOLDER = re.compile(r"run-\d{8}-\d{6}-(\d+)-.+")
+
+
 def remove_stale_run_folders(chroma_dir: Path) -> list[Path]:
     """Remove ``run-<time>-<pid>-*`` Chroma folders left by runs that were killed
-    (their runner pid is gone). Returns the folders removed."""
-    import re
-    import shutil
-
-    import psutil
-
-    removed = []
-    for folder in chroma_dir.glob("run-*"):
-        match = re.match(r"run-\d{8}-\d{6}-(\d+)-", folder.name)
-        if match and folder.is_dir() and not psutil.pid_exists(int(match.group(1))):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
+    (their runner pid is gone; see watch.remove_stale_pid_folders)."""
+    return remove_stale_pid_folders(chroma_dir, STALE_RUN_FOLDER)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,12 @@ from .capture import Section, child_evidence, count_names
 from .errors import UsageError
 from .outcome import Expected, Outcome, current_platform
 from .settings import Settings
-from .watch import RULE_DEADLINE, StallDetector, set_parent_death_signal
+from .watch import (
+    RULE_DEADLINE,
+    StallDetector,
+    remove_stale_pid_folders,
+    set_parent_death_signal,
+)
 
 DEFAULT_DOCUMENTS = 2  # documents the child adds in one add_documents call
 PARENT_TEXT = "fork-safety demo: parent document"
@@ -135,49 +140,6 @@ DEFAULT_VARIANT = "inherited"
 
 
 STALE_DEMO_FOLDER = re.compile(rf"demo-(?:{'|'.join(map(re.escape, VARIANTS))})-(\d+)-[a-z0-9_]+")
-
-
-def remove_stale_pid_folders(parent: Path, pattern: re.Pattern) -> list[Path]:
-    """Remove the folders directly under ``parent`` whose whole name matches ``pattern``,
-    that belong to this user, and whose creating process (the pid in group 1) is gone.
-
-    Only names of our own pattern are touched: folders of runs still going (their
-    pid exists) and anything else are left alone. A zombie counts as gone, and so
-    does a pid taken over by a process started after the folder last changed (its
-    creator started before creating it). Returns the folders removed.
-    """
-    removed = []
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return removed
-    for folder in entries:
-        match = pattern.fullmatch(folder.name)
-        if match is None:
-            continue
-        try:
-            info = folder.lstat()
-        except OSError:
-            continue
-        if not folder.is_dir() or folder.is_symlink() or info.st_uid != os.getuid():
-            continue
-        if _creator_alive(int(match.group(1)), info.st_mtime):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        if not folder.exists():
-            removed.append(folder)
-    return removed
-
-
-def _creator_alive(pid: int, changed: float) -> bool:
-    """True when ``pid`` runs and may be the process that made a folder last changed at ``changed``."""
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= changed + 1.0
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True  # cannot tell: leave it
 
 
 def remove_stale_demo_folders(chroma_dir: Path) -> list[Path]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -218,28 +219,60 @@ def sweep_run(run_id: str, grace: float = 1.0, name: str = RUN_ID_ENV, rounds: i
     return found
 
 
-STALE_TEMP_RE = re.compile(r"^forksafety-(?:run|redis|check|lab)-(\d+)-|^forksafety-fsbroker-\d{8}-\d{6}-(\d+)-")
+def remove_stale_pid_folders(parent: Path, pattern: re.Pattern) -> list[Path]:
+    """Remove the folders directly under ``parent`` whose whole name matches ``pattern``,
+    that belong to this user, and whose creating process (the pid in group 1) is gone.
+
+    Only names of our own pattern are touched: folders of runs still going (their
+    pid exists) and anything else are left alone. A zombie counts as gone, and so
+    does a pid taken over by a process started after the folder last changed (its
+    creator started before creating it). Returns the folders removed.
+    """
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for folder in entries:
+        match = pattern.fullmatch(folder.name)
+        if match is None:
+            continue
+        try:
+            info = folder.lstat()
+        except OSError:
+            continue
+        if not folder.is_dir() or folder.is_symlink() or info.st_uid != os.getuid():
+            continue
+        if _creator_alive(int(match.group(1)), info.st_mtime):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+    return removed
+
+
+def _creator_alive(pid: int, changed: float) -> bool:
+    """True when ``pid`` runs and may be the process that made a folder last changed at ``changed``."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= changed + 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # cannot tell: leave it
+
+
+# Temporary folders of the runner, its private redis-server and filesystem broker,
+# and of check and lab: the creating pid is group 1.
+STALE_TEMP_RE = re.compile(r"forksafety-(?:run|redis|check|lab|fsbroker-\d{8}-\d{6})-(\d+)-.+")
 
 
 def remove_stale_temp_folders(tmp: Path | None = None) -> list[Path]:
-    """Remove our temporary folders left by processes that were killed: names
-    ``forksafety-{run,redis,check,lab}-<pid>-*`` and ``forksafety-fsbroker-<time>-<pid>-*``
-    whose pid no longer exists. Nothing else is touched. Returns the folders removed."""
-    import shutil
+    """Remove our temporary folders left by processes that were killed (see
+    remove_stale_pid_folders and STALE_TEMP_RE). Returns the folders removed."""
     import tempfile
 
-    removed = []
-    folder_root = tmp or Path(tempfile.gettempdir())
-    try:
-        entries = list(folder_root.iterdir())
-    except OSError:
-        return []
-    for folder in entries:
-        match = STALE_TEMP_RE.match(folder.name)
-        if match and folder.is_dir() and not psutil.pid_exists(int(match.group(1) or match.group(2))):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
+    return remove_stale_pid_folders(tmp or Path(tempfile.gettempdir()), STALE_TEMP_RE)
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
