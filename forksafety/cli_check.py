@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = [PROG, *(sys.argv[1:] if argv is None else argv)]
     if args.command is None:
-        parser.print_usage(sys.stderr)
-        return fail("choose a command: check or lab", prog=PROG)
+        return fail(f"choose a command: check or lab (see {PROG} --help)", prog=PROG)
     install_interrupt_handlers()
     try:
         return check_main(args) if args.command == "check" else lab_main(args)

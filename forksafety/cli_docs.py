@@ -146,6 +146,9 @@ def bodies(out: Path) -> tuple[dict[str, str], str]:
                 break
             warning.append(line)
     b["eventlet-warning"] = _fence("\n".join(_cut(line, 150) for line in warning) or "(no warning logged)")
+    # show the paths a user gets (crash_dumps/), not the capture folder make docs used
+    for name, body in b.items():
+        b[name] = body.replace(str(out / "dumps"), "crash_dumps").replace(str(out), "crash_dumps")
     return b, provenance
 
 

@@ -165,7 +165,8 @@ def _run(args, scenarios: list[harness.Scenario], settings, console: Console) ->
             console.print(f"removed {len(stale_tmp)} temporary folder(s) left by killed runs")
         broker = resolve_broker(args.broker, settings.redis_url, options.run_id)
         console.print(f"broker: {broker.describe()}")
-        console.print(f"settings: {settings.redacted()}")
+        shown = {k: v for k, v in settings.redacted().items() if k != "redis_url"}  # the broker line says it
+        console.print(f"settings: {shown}", soft_wrap=True)
         if os.environ.get("POOL_START_METHOD"):
             console.print(f"note: POOL_START_METHOD={os.environ['POOL_START_METHOD']} is ignored here: each scenario "
                           "sets its own start method (use --variant spawn or --variant forkserver)")
