@@ -27,7 +27,8 @@ RUN apt-get update \
 # The locked dependency tree, every file checked against its hash.
 COPY requirements.lock /tmp/requirements.lock
 RUN python3 -m venv /opt/venv \
- && pip install --require-hashes -r /tmp/requirements.lock \
+ && pip install --no-deps --require-hashes -r /tmp/requirements.lock \
+ && pip check \
  && rm /tmp/requirements.lock
 
 WORKDIR /app

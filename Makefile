@@ -92,7 +92,8 @@ $(PY): requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
 	  { echo "make install: $(PYTHON) is Python `$(PYTHON) -c 'import platform; print(platform.python_version())'`; this project needs 3.11 or newer: make install PYTHON=python3.11" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements.lock
+	$(PY) -m pip check
 	@touch $(PY)
 
 install: $(PY) ## Create .venv and install the locked dependencies (hash-checked)

@@ -35,7 +35,8 @@ def test_dockerfile_base_image_is_a_build_argument_defaulting_to_slim_python() -
     text = read("Dockerfile")
     assert re.search(r"^ARG BASE_IMAGE=python:3\.12-slim$", text, re.M)
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
-    assert "--require-hashes -r /tmp/requirements.lock" in text
+    assert "--no-deps --require-hashes -r /tmp/requirements.lock" in text
+    assert "pip check" in text
     for tool in ("gdb", "strace", "lsof", "procps"):
         assert re.search(rf"\b{tool}\b", text), tool
 
