@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
+UV     ?= uv
 
 # Docker Compose v2 (`docker compose`) when the plugin is there, else v1 (`docker-compose`).
 ifeq ($(origin COMPOSE),undefined)
@@ -23,7 +24,7 @@ RUN := $(COMPOSE) run --rm
         demo-crash demo-gdb demo-strace demo-fixed shell clean down test-docker \
         install check native-test-all native-test-prefork native-test-threads native-test-solo \
         native-test-gevent native-test-eventlet native-demo-crash native-demo-fixed native-demo-gdb \
-        native-demo-lldb native-demo-strace native-clean docs check-app lab bench lock
+        native-demo-lldb native-demo-strace native-clean docs check-app lab bench lock system-deps
 
 help:
 	@echo "Docker (compose.yml; ARGS=... replaces a scenario's default arguments):"
@@ -94,11 +95,15 @@ $(PY): requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements.lock
 	$(PY) -m pip check
+	$(PY) scripts/check_lock.py --installed
 	@touch $(PY)
 
 install: $(PY) ## Create .venv and install the locked dependencies (hash-checked)
 
-check: $(PY) ## Run the test suite (real workers, Redis, debuggers)
+system-deps: ## Install redis-server, gdb, lldb, strace, lsof, procps when missing (apt-get; root or sudo)
+	bash scripts/system_deps.sh
+
+check: $(PY) system-deps ## Run the test suite (real workers, Redis, debuggers); installs what it needs first
 	$(PY) -m pytest $(ARGS)
 
 native-test-all: $(PY) ## Pool matrix + prefork fix variants, without Docker
@@ -150,6 +155,10 @@ lab: $(PY) ## The checker's case corpus: a real fork's outcome against the check
 bench: $(PY) ## Benchmarks: pool matrix wall time (3 runs)
 	$(PY) benchmarks/matrix.py $(ARGS)
 
-lock: ## Regenerate requirements.lock from pyproject.toml (needs uv)
-	uv lock
-	uv export --format requirements-txt --hashes --no-emit-project --all-groups --no-header -o requirements.lock > /dev/null
+lock: ## Regenerate requirements.lock from pyproject.toml (uv), then prove it installs as a closed set
+	@command -v $(UV) >/dev/null 2>&1 || [ -x .tools/bin/uv ] || \
+	  { $(PYTHON) -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
+	$$(command -v $(UV) || echo .tools/bin/uv) lock
+	$$(command -v $(UV) || echo .tools/bin/uv) export --format requirements-txt --hashes --no-emit-project \
+	  --all-groups --no-header -o requirements.lock > /dev/null
+	$(PYTHON) scripts/check_lock.py --lock requirements.lock

@@ -29,7 +29,7 @@ def redis_url(tmp_path_factory):
     """A real redis-server of our own on a free loopback port, stopped at the end."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed: .ci/run installs it (apt-get install redis-server)")
+        pytest.fail("redis-server is not installed: make check installs it (scripts/system_deps.sh), or apt-get install redis-server")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
