@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ import psutil
 
 from . import procinfo
 from .errors import PtraceError, ToolMissingError
+from .origins import load_origins
 from .versions import header_lines
 from .watch import group_alive, pdeathsig_preexec
 
@@ -138,7 +140,7 @@ def run_tool(command: list[str], timeout: float = TOOL_TIMEOUT,
     return ToolOutput(command, proc.returncode, out or "", proc.pid)
 
 
-def _tool_path(name: str) -> str:
+def tool_path(name: str) -> str:
     """A tool installed in this Python's environment (py-spy, pystack), else on PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name
@@ -146,7 +148,7 @@ def _tool_path(name: str) -> str:
 
 def py_spy_dump(pid: int, native: bool = True) -> ToolOutput:
     """``py-spy dump --pid PID [--native]`` (py-spy README: dumps every thread's stack)."""
-    cmd = [_tool_path("py-spy"), "dump", "--pid", str(pid)]
+    cmd = [tool_path("py-spy"), "dump", "--pid", str(pid)]
     if native:
         cmd.append("--native")
     return run_tool(cmd)
@@ -154,7 +156,7 @@ def py_spy_dump(pid: int, native: bool = True) -> ToolOutput:
 
 def pystack_remote(pid: int, native: bool = True) -> ToolOutput:
     """``pystack remote PID [--native]`` (pystack docs; Linux only)."""
-    cmd = [_tool_path("pystack"), "remote", str(pid)]
+    cmd = [tool_path("pystack"), "remote", str(pid)]
     if native:
         cmd.append("--native")
     return run_tool(cmd)
@@ -269,10 +271,6 @@ def explain_child(snap: procinfo.ProcSnapshot, lost: list[str], parent_word: str
     Thread origins come from the known-origins table (threadorigins.json, one
     source per entry); the futex reading from futex(2).
     """
-    from collections import Counter
-
-    from .check import load_origins
-
     lines = []
     n = len(snap.threads)
     lines.append(f"The child has {n} thread(s). fork(2) copies only the thread that calls fork(), so the "

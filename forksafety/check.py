@@ -41,17 +41,15 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from .errors import ForkSafetyError
+from .origins import ORIGINS_FILE, OriginEntry, Origins, load_origins  # noqa: F401 - re-exported
 
-ORIGINS_FILE = Path(__file__).with_name("threadorigins.json")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 IS_LINUX = sys.platform.startswith("linux")
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -74,107 +72,6 @@ class Safety(str, enum.Enum):
 # Finding levels, from a per-entry ``safety`` ("unsafe", "risk", "handled").
 LEVELS = {"unsafe": "UNSAFE", "risk": "RISK", "handled": "INFO", "info": "INFO"}
 _LEVEL_RANK = {"INFO": 0, "RISK": 1, "UNSAFE": 2}
-
-
-# --------------------------------------------------------------------------------------
-# The known-origins table (threadorigins.json)
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OriginEntry:
-    """One row of ``threadorigins.json``.
-
-    kind: "thread" (matched on the thread name), "library" (on the shared object
-    running the thread), "python_thread" (on the Python target), "object" (a
-    Python type), "generic". safety: "unsafe", "risk" or "handled".
-    switch: optional ``{"env", "values", "safety", "note"}``: when the
-    environment variable ``env`` has one of ``values``, the library behaves
-    differently and ``safety`` applies instead.
-    """
-
-    kind: str
-    match: str
-    origin: str
-    safety: str
-    fix: str
-    source: str
-    library: str = ""
-    note: str = ""
-    switch: dict | None = None
-    packages: tuple[str, ...] = ()
-
-    def effective(self, environ: dict[str, str] | None = None) -> tuple[str, str]:
-        """``(safety, note)`` for this entry under ``environ`` (default os.environ)."""
-        env = os.environ if environ is None else environ
-        if self.switch:
-            value = (env.get(self.switch["env"]) or "").strip().lower()
-            if value in [v.lower() for v in self.switch.get("values", [])]:
-                return self.switch["safety"], self.switch.get("note", "")
-        return self.safety, self.note
-
-
-@dataclass(frozen=True)
-class Origins:
-    """The parsed table: entries by kind, in file order (first match wins)."""
-
-    threads: tuple[OriginEntry, ...]
-    libraries: tuple[OriginEntry, ...]
-    python_threads: tuple[OriginEntry, ...]
-    objects: tuple[OriginEntry, ...]
-    generic: dict[str, OriginEntry]
-
-    def for_thread_name(self, name: str) -> OriginEntry | None:
-        """The entry whose ``match`` matches the start of thread name ``name``."""
-        return next((e for e in self.threads if re.match(e.match, name)), None)
-
-    def for_library(self, library: str) -> OriginEntry | None:
-        """The entry whose ``match`` occurs in shared-object file name ``library``."""
-        return next((e for e in self.libraries if re.search(e.match, library)), None)
-
-    def for_package(self, package: str) -> OriginEntry | None:
-        """The library entry listing Python package ``package`` (e.g. numpy -> OpenBLAS):
-        used for unnamed threads first seen while that package's code ran."""
-        return next((e for e in self.libraries if package in e.packages), None)
-
-    def for_python_target(self, target: str) -> OriginEntry | None:
-        """The entry matching a Python thread's target (``module.qualname``)."""
-        return next((e for e in self.python_threads if re.match(e.match, target)), None)
-
-
-@lru_cache(maxsize=4)
-def load_origins(path: str | None = None) -> Origins:
-    """Read and check ``threadorigins.json`` (or ``path``).
-
-    Raises ForkSafetyError when the file is missing, not JSON, or an entry
-    lacks one of match/type, origin, safety, fix, source.
-    """
-    file = Path(path) if path else ORIGINS_FILE
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ForkSafetyError(f"cannot read the known-origins table {file} ({exc})",
-                              "reinstall forksafety, or fix the JSON") from None
-
-    def entries(section: str, kind: str, key: str = "match") -> tuple[OriginEntry, ...]:
-        out = []
-        for i, raw in enumerate(data.get(section, [])):
-            missing = [k for k in (key, "origin", "safety", "fix", "source") if not raw.get(k)]
-            if missing or raw["safety"] not in ("unsafe", "risk", "handled"):
-                lacks = ", ".join(missing) or "a valid safety"
-                raise ForkSafetyError(f"{file}: entry {i} of {section!r} lacks {lacks}",
-                                      "every entry needs match/type, origin, safety, fix and source")
-            out.append(OriginEntry(kind=kind, match=raw[key], origin=raw["origin"],
-                                   safety=raw["safety"], fix=raw["fix"], source=raw["source"],
-                                   library=raw.get("library", ""), note=raw.get("note", ""),
-                                   switch=raw.get("switch"), packages=tuple(raw.get("packages", ()))))
-        return tuple(out)
-
-    generic = {}
-    for name, raw in data.get("generic", {}).items():
-        generic[name] = OriginEntry(kind="generic", match=name, origin=name, safety=raw["safety"],
-                                    fix=raw["fix"], source=raw["source"])
-    return Origins(threads=entries("threads", "thread"), libraries=entries("libraries", "library"),
-                   python_threads=entries("python_threads", "python_thread"),
-                   objects=entries("objects", "object", key="type"), generic=generic)
 
 
 # --------------------------------------------------------------------------------------
@@ -1209,10 +1106,10 @@ def run_check(request: CheckRequest, cancel: threading.Event | None = None) -> C
         raise ForkSafetyError(f"unknown target kind {request.kind!r}", f"use one of {', '.join(TARGET_KINDS)}")
     started = time.monotonic()
     run_id = f"check-{os.urandom(5).hex()}"
-    from .watch import remove_stale_temp_folders
+    from .watch import make_temp_dir, remove_stale_temp_folders
 
     remove_stale_temp_folders()
-    work = Path(tempfile.mkdtemp(prefix=f"forksafety-check-{os.getpid()}-"))
+    work = make_temp_dir("check")
     req_path, result_path, out_path = work / "request.json", work / "result.json", work / "output.log"
     marker = work / "imported"
     import_deadline = started + request.timeout
@@ -1323,9 +1220,9 @@ def _stack_of_hung_import(pid: int, stopped: bool = False) -> str:
     ``stopped``: the process is in state T; py-spy then reads it without suspending it
     (``--nonblocking``), since suspending a stopped process fails."""
     try:
-        from .capture import _tool_path, run_tool
+        from .capture import run_tool, tool_path
 
-        command = [_tool_path("py-spy"), "dump", "--pid", str(pid)] + (["--nonblocking"] if stopped else [])
+        command = [tool_path("py-spy"), "dump", "--pid", str(pid)] + (["--nonblocking"] if stopped else [])
         spy = run_tool(command)
         if spy.ok():
             return spy.output.strip()

@@ -37,13 +37,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import check
+from .errors import TargetNotFound
 
 CHILD_MESSAGE_LIMIT = 8000  # bytes the probe child may send back (well under a pipe's 64 KiB buffer)
 WATCHDOG_INTERVAL = 0.25  # seconds between the watchdog's looks at the caller and the runner
-
-
-class TargetNotFound(Exception):
-    """The module, file or Celery app named by the user does not exist."""
 
 
 def _module_missing(exc: ModuleNotFoundError, name: str) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -57,7 +56,7 @@ from .outcome import Outcome, current_platform
 from .report import write_json
 from .settings import REPO_ROOT, check_writable, load_settings
 from .versions import header_lines, package_versions, platform_record
-from .watch import RULE_DEADLINE, remove_stale_pid_folders, set_parent_death_signal
+from .watch import RULE_DEADLINE, make_temp_dir, remove_stale_temp_folders, set_parent_death_signal
 
 PROG = "demo_crash.py"
 SCRIPT = REPO_ROOT / "scripts" / "demo_crash.py"
@@ -69,8 +68,6 @@ SHORT_DEADLINE = 5.0  # below this --timeout, a HANG by deadline gets a note (a 
 # Set (to the outer script's pid) in the environment of the demo that --strace runs under strace:
 # that demo then dies with strace (PR_SET_PDEATHSIG) and leaves the printing of the end to the outer script.
 UNDER_STRACE_ENV = "FORKSAFETY_DEMO_UNDER_STRACE"
-STRACE_TMP_PREFIX = "forksafety-strace-"  # + <pid of the script>-<random>: the --strace run's temporary folder
-STRACE_TMP_PATTERN = re.compile(r"forksafety-strace-(\d+)-[a-z0-9_]+")
 
 
 def seconds_type(low: float = MIN_SECONDS, high: float = MAX_SECONDS):
@@ -248,7 +245,7 @@ def die_with_strace() -> bool:
 def remove_stale_strace_folders(tmp: Path | None = None) -> list[Path]:
     """Remove the temporary folders ``forksafety-strace-<pid>-*`` of --strace runs
     that were killed (their pid is gone). Returns the folders removed."""
-    return remove_stale_pid_folders(Path(tmp or tempfile.gettempdir()), STRACE_TMP_PATTERN)
+    return remove_stale_temp_folders(tmp, kinds=("strace",))
 
 
 def sweep_leftovers(chroma_dir: Path, strace_tmp: bool = True) -> None:
@@ -292,7 +289,7 @@ def run_demo(args, variant: str, settings) -> tuple[int, DemoRecord | None]:
 def run_strace(args, variant: str, replaced: bool) -> int:
     """Run the demo under ``strace -f -tt`` and point at the child's unfinished futex call."""
     trace = dump_path(args.log_dir, "strace", variant, suffix="trace")
-    tmp = Path(tempfile.mkdtemp(prefix=f"{STRACE_TMP_PREFIX}{os.getpid()}-"))
+    tmp = make_temp_dir("strace")
     try:
         inner_json = tmp / "demo.json"
         inner = [sys.executable, str(SCRIPT), "--variant", variant, "--timeout", f"{args.timeout:g}",

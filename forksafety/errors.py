@@ -39,3 +39,28 @@ class PtraceError(ForkSafetyError):
 
 class ToolMissingError(ForkSafetyError):
     """A debugger or tracer the command needs is not installed."""
+
+
+class TargetNotFound(ForkSafetyError):
+    """The module, file or Celery app named by the user does not exist."""
+
+
+class ForkUnsafeError(ForkSafetyError, RuntimeError):
+    """Strict mode refused a fork: the process has threads a child would lose."""
+
+    exit_code = 1
+
+
+class ForkSafetyWarning(RuntimeWarning):
+    """A process with threads a forked child would lose is forking (a warning, not an error)."""
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The one mapping from an exception to a CLI exit code: a ForkSafetyError's own
+    ``exit_code`` (2: usage or set-up, 1: ForkUnsafeError), 130 for KeyboardInterrupt
+    (128 + SIGINT, as shells report it), 1 for anything else."""
+    if isinstance(error, ForkSafetyError):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    return 1

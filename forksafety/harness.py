@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import Counter
 import time
@@ -28,7 +27,8 @@ from .broker import Broker
 from .errors import UsageError
 from .outcome import Expected, Outcome, Verdict, expected_outcome
 from .settings import REPO_ROOT, Settings
-from .watch import (RULE_DEADLINE, RUN_ID_ENV, SCENARIO_ENV, StallDetector, group_alive, pdeathsig_preexec, stop_tree,
+from .watch import (RULE_DEADLINE, RUN_ID_ENV, SCENARIO_ENV, StallDetector, group_alive, make_temp_dir, pdeathsig_preexec,
+                    stop_tree,
                     sweep_run, wait_until)
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
@@ -248,7 +248,7 @@ class ScenarioRun:
         """Start the worker in its own process group, its log in ``log_path``."""
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
         self.chroma_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f"forksafety-run-{os.getpid()}-"))
+        self._tmp = make_temp_dir("run")
         with open(self.log_path, "w") as log:
             log.write(f"# {' '.join(self.command())}\n")
             log.flush()

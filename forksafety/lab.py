@@ -14,9 +14,7 @@ Importing this module starts no thread and opens no connection.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -28,6 +26,7 @@ from pathlib import Path
 from .cases import CASE_DIR_ENV, CASES, Case, get_case
 from .check import PACKAGE_ROOT, CheckRequest, CheckRun, run_check
 from .errors import UsageError
+from .watch import make_temp_dir
 
 
 @dataclass
@@ -140,7 +139,7 @@ def select_cases(names: list[str] | None, everything: bool) -> list[Case]:
 
 
 def _run_once(case: Case, options: LabOptions, cancel: threading.Event | None = None) -> CaseRun:
-    scratch = Path(tempfile.mkdtemp(prefix=f"forksafety-lab-{os.getpid()}-{case.name}-"))
+    scratch = make_temp_dir("lab", case.name)
     try:
         run: CheckRun = run_check(CheckRequest(
             target=case.module, kind="module", probe=case.probe, timeout=options.timeout,

@@ -262,17 +262,50 @@ def _creator_alive(pid: int, changed: float) -> bool:
         return True  # cannot tell: leave it
 
 
-# Temporary folders of the runner, its private redis-server and filesystem broker,
-# and of check and lab: the creating pid is group 1.
-STALE_TEMP_RE = re.compile(r"forksafety-(?:run|redis|check|lab|fsbroker-\d{8}-\d{6})-(\d+)-.+")
+# The one registry of our temporary folders: kind -> who makes it. Every one is named
+# ``forksafety-<kind>-<pid of the creating process>-<anything>`` (``make_temp_dir``),
+# so a later run can remove those whose creator is gone (remove_stale_temp_folders).
+TEMP_KINDS: dict[str, str] = {
+    "run": "the Celery runner (forksafety.harness), one per scenario",
+    "redis": "the runner's private redis-server (forksafety.broker)",
+    "fsbroker": "kombu's filesystem transport (forksafety.broker)",
+    "check": "python -m forksafety check (forksafety.check)",
+    "lab": "python -m forksafety lab (forksafety.lab), one per case",
+    "strace": "demo_crash.py --strace (forksafety.cli_demo)",
+}
 
 
-def remove_stale_temp_folders(tmp: Path | None = None) -> list[Path]:
-    """Remove our temporary folders left by processes that were killed (see
-    remove_stale_pid_folders and STALE_TEMP_RE). Returns the folders removed."""
+def temp_prefix(kind: str, pid: int | None = None) -> str:
+    """``forksafety-<kind>-<pid>-`` for a kind of TEMP_KINDS (pid: default this process).
+    Raises KeyError for a kind not in the registry."""
+    TEMP_KINDS[kind]  # noqa: B018 - an unregistered kind is a bug of ours
+    return f"forksafety-{kind}-{os.getpid() if pid is None else pid}-"
+
+
+def make_temp_dir(kind: str, label: str = "") -> Path:
+    """A new temporary folder ``forksafety-<kind>-<pid>-[<label>-]<random>`` (tempfile.mkdtemp)."""
     import tempfile
 
-    return remove_stale_pid_folders(tmp or Path(tempfile.gettempdir()), STALE_TEMP_RE)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(kind) + (f"{label}-" if label else "")))
+
+
+def stale_temp_pattern(kinds: Iterable[str] | None = None) -> re.Pattern:
+    """The pattern of our temporary folders of ``kinds`` (default: every kind of
+    TEMP_KINDS); group 1 is the creating pid."""
+    names = list(TEMP_KINDS if kinds is None else kinds)
+    return re.compile(rf"forksafety-(?:{'|'.join(map(re.escape, names))})-(\d+)-.+")
+
+
+STALE_TEMP_RE = stale_temp_pattern()
+
+
+def remove_stale_temp_folders(tmp: Path | None = None, kinds: Iterable[str] | None = None) -> list[Path]:
+    """Remove our temporary folders (of ``kinds``, default all of TEMP_KINDS) left by
+    processes that were killed (see remove_stale_pid_folders). Returns the folders removed."""
+    import tempfile
+
+    pattern = STALE_TEMP_RE if kinds is None else stale_temp_pattern(kinds)
+    return remove_stale_pid_folders(tmp or Path(tempfile.gettempdir()), pattern)
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
