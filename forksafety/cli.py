@@ -10,18 +10,10 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from .errors import ForkSafetyError, UsageError, exit_code_of
+from .errors import ForkSafetyError, Interrupted, UsageError, exit_code_of  # noqa: F401 - Interrupted: cli.Interrupted
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-
-
-class Interrupted(BaseException):
-    """Raised in the main thread on SIGINT or SIGTERM so every ``finally`` runs."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def install_interrupt_handlers() -> None:
