@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from .errors import BrokerError
 from .settings import redact_url
-from .watch import RUN_ID_ENV, pdeathsig_preexec, stop_processes, wait_until
+from .watch import RUN_ID_ENV, make_temp_dir, pdeathsig_preexec, stop_processes, wait_until
 
 MODES = ("auto", "redis", "filesystem")
 START_REDIS_HELP = (
@@ -171,7 +170,7 @@ def start_private_redis(run_id: str, timeout: float = 5.0) -> Broker:
     binary = shutil.which("redis-server")
     if binary is None:
         raise BrokerError("redis-server is not installed", START_REDIS_HELP)
-    workdir = Path(tempfile.mkdtemp(prefix=f"forksafety-redis-{os.getpid()}-"))
+    workdir = make_temp_dir("redis")
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -190,7 +189,8 @@ def start_private_redis(run_id: str, timeout: float = 5.0) -> Broker:
 
 def filesystem_broker(run_id: str) -> Broker:
     """kombu's filesystem transport in a new temporary folder (removed by cleanup)."""
-    folder = Path(tempfile.mkdtemp(prefix=f"forksafety-fsbroker-{run_id}-"))
+    # the creating pid in the name, whatever the run id looks like: a killed run's folder is found by it
+    folder = make_temp_dir("fsbroker", run_id)
     return Broker("filesystem", "filesystem://", "", data_folder=folder, _owned_dir=folder)
 
 

@@ -28,22 +28,19 @@ import importlib
 import importlib.util
 import json
 import os
-import select
 import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import check
+from .errors import TargetNotFound
+from .outcome import Outcome, Record
 
-CHILD_MESSAGE_LIMIT = 8000  # bytes the probe child may send back (well under a pipe's 64 KiB buffer)
+CHILD_MESSAGE_LIMIT = 8000  # bytes the probe child may send back (forksafety.forkchild.MESSAGE_LIMIT)
 WATCHDOG_INTERVAL = 0.25  # seconds between the watchdog's looks at the caller and the runner
-
-
-class TargetNotFound(Exception):
-    """The module, file or Celery app named by the user does not exist."""
 
 
 def _module_missing(exc: ModuleNotFoundError, name: str) -> bool:
@@ -144,7 +141,7 @@ def _article(word: str) -> str:
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(Record):
     """What happened when a forked child called the probe.
 
     outcome: OK (returned), HANG (a hang rule fired or the deadline passed),
@@ -156,7 +153,7 @@ class ProbeResult:
     """
 
     callable: str
-    outcome: str
+    outcome: Outcome
     seconds: float
     signal: str | None = None
     rule: str | None = None
@@ -170,115 +167,53 @@ def probe_fork(func, args: list | dict | None, timeout: float, stall: float, cap
                log_dir: Path, scenario: str, name: str = "", command: list[str] | None = None) -> ProbeResult:
     """Fork; in the child call ``func(*args)`` (or ``func(**args)``); watch the child.
 
-    The child leads a process group of its own, dies with us (PR_SET_PDEATHSIG)
-    and reports through a pipe with one newline-terminated JSON message. The
-    parent polls it every 20 ms with ``StallDetector(stall)`` until it exits,
-    a hang rule fires, or ``timeout`` seconds pass; the message is read as it
-    comes, never by waiting for end-of-file (processes the callable forks hold
-    the pipe open). A hung child is captured (``capture``: "full" adds py-spy
-    and pystack, each bounded by capture.TOOL_TIMEOUT) into ``log_dir`` and then
-    killed. Whatever the outcome, every process left in the child's process
-    group is then stopped and listed in ``leftovers``. Uses the real os.fork
-    even when forksafety.guard's strict mode is installed.
+    The child (``forksafety.forkchild.ForkedCall``) leads a process group of its
+    own, dies with us (PR_SET_PDEATHSIG) and reports through a pipe with one
+    newline-terminated JSON message. The parent watches it with the one watch loop
+    (``forksafety.watch.watch_process``: every 20 ms, ``StallDetector(stall)``)
+    until it exits, a hang rule fires, or ``timeout`` seconds pass. A hung child is
+    captured (``capture``: "full" adds py-spy and pystack, each bounded by
+    capture.TOOL_TIMEOUT) into ``log_dir`` and then killed. Whatever the outcome,
+    every process left in the child's process group is then stopped and listed in
+    ``leftovers``. Uses the real os.fork even when forksafety.guard's strict mode
+    is installed.
     """
     from . import procinfo
+    from .forkchild import ForkedCall
     from .guard import real_fork
-    from .watch import RULE_DEADLINE, StallDetector, set_parent_death_signal
+    from .watch import group_members, stop_processes, watch_process
+
+    def call() -> dict:
+        value = func(**args) if isinstance(args, dict) else func(*(args or []))
+        return {"status": "ok", "returned": repr(value)[:300]}
 
     parent_names = procinfo.thread_names(os.getpid())
-    read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    child = ForkedCall(call, new_group=True, error_code=1, message_limit=CHILD_MESSAGE_LIMIT, fork=real_fork)
     started = time.monotonic()
-    pid = real_fork()
-    if pid == 0:  # the child: call, report, leave without running the parent's atexit handlers
-        code = 0
-        me = os.getpid()
-        try:
-            os.close(read_end)
-            os.setpgid(0, 0)
-            set_parent_death_signal()
-            value = func(**args) if isinstance(args, dict) else func(*(args or []))
-            message = {"status": "ok", "returned": repr(value)[:300]}
-        except BaseException as exc:  # noqa: BLE001 - report anything, even SystemExit
-            code = 1
-            message = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:1000],
-                       "traceback": traceback.format_exc()[-4000:]}
-        try:
-            if os.getpid() == me:  # a process the callable forked, returning here, reports nothing
-                data = json.dumps(message).encode()
-                if len(data) > CHILD_MESSAGE_LIMIT:
-                    message.pop("traceback", None)
-                    data = json.dumps(message).encode()[:CHILD_MESSAGE_LIMIT]
-                os.write(write_end, data + b"\n")
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        os.setpgid(pid, pid)  # also here, so the group exists before we may need to kill it
-    except OSError:  # the child did it already, or has exited
-        pass
-    os.set_blocking(read_end, False)
-    poller = select.poll()  # poll, not select: the target may hold more than FD_SETSIZE (1024) descriptors
-    poller.register(read_end, select.POLLIN)
-    reaped = False
+    pid = child.start()
 
     def observe() -> ProbeResult:
-        nonlocal reaped
-        inbox = bytearray()
-        detector = StallDetector(stall)
-        deadline = started + timeout
-        status = None
-        hang = None
-        snap = None
-        while True:
-            _take(read_end, inbox)
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                reaped = True
-                break
-            try:
-                snap = procinfo.snapshot(pid)
-            except Exception:  # noqa: BLE001 - gone between waitpid and snapshot: next waitpid says how
-                snap = None
-            verdict = detector.feed(snap) if snap is not None else None
-            if verdict is not None:
-                hang = (verdict.rule, verdict.snapshot)
-                break
-            if time.monotonic() >= deadline:
-                hang = (RULE_DEADLINE, snap)
-                break
-            if b"\n" in inbox or len(inbox) > CHILD_MESSAGE_LIMIT:
-                time.sleep(0.02)
-            else:
-                poller.poll(20)  # up to 20 ms, less when the child writes
-        result = ProbeResult(callable=name, outcome="ERROR", seconds=0.0, child_pid=pid)
-        if hang is not None:
-            rule, hang_snap = hang
-            result.seconds = round(time.monotonic() - started, 3)  # fork to verdict, before the capture
-            result.outcome, result.rule = "HANG", rule
+        seen = watch_process(child.poll, pid, started + timeout, stall=stall, pause=child.wait_readable)
+        result = ProbeResult(callable=name, outcome=Outcome.ERROR, seconds=0.0, child_pid=pid)
+        result.seconds = round(time.monotonic() - started, 3)  # fork to verdict, before the capture
+        if seen.hung:
+            rule, hang_snap = seen.rule, seen.snapshot
+            result.outcome, result.rule = Outcome.HANG, rule
             result.evidence = _evidence(pid, hang_snap, parent_names, capture, log_dir, scenario, command)
             result.detail = f"{rule}: {result.evidence.get('summary', '')}".strip()
             if hang_snap is not None and hang_snap.state == "T":
                 result.detail = (f"{rule}: the child is stopped (state T: SIGSTOP or SIGTSTP) and never resumes "
                                  "by itself")
             return result
-        result.seconds = round(time.monotonic() - started, 3)
-        _take(read_end, inbox)  # the child has exited: whatever it wrote is in the pipe now
-        message = _message(inbox)
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            try:
-                result.signal = signal.Signals(sig).name
-            except ValueError:
-                result.signal = f"signal {sig}"
-            result.outcome, result.detail = "CRASH", f"the child was killed by {result.signal}"
+        message = child.message
+        if child.signal_name is not None:
+            result.signal = child.signal_name
+            result.outcome, result.detail = Outcome.CRASH, f"the child was killed by {result.signal}"
             return result
-        code = os.WEXITSTATUS(status)
-        if code == 0 and message.get("status") == "ok":
-            result.outcome, result.detail = "OK", f"returned {message.get('returned')}"
+        if child.returncode == 0 and message.get("status") == "ok":
+            result.outcome, result.detail = Outcome.OK, f"returned {message.get('returned')}"
         else:
-            result.detail = message.get("error") or f"the child exited with code {code}"
+            result.detail = message.get("error") or f"the child exited with code {child.returncode}"
             if message.get("traceback"):
                 result.evidence = {"traceback": message["traceback"]}
         return result
@@ -286,72 +221,14 @@ def probe_fork(func, args: list | dict | None, timeout: float, stall: float, cap
     try:
         result = observe()
     finally:
-        leftovers = _stop_probe_group(pid, reaped)
-        os.close(read_end)
-    result.leftovers = leftovers
+        # the group keeps the child's pid as its id while any member lives
+        leftovers = group_members(pid, exclude=(pid,))
+        child.kill()
+        if leftovers:
+            stop_processes(leftovers, grace=0.5, kill_wait=2.0, reap=True)
+        child.close()
+    result.leftovers = [p.pid for p in leftovers]
     return result
-
-
-def _take(fd: int, inbox: bytearray) -> None:
-    """Append what the (non-blocking) pipe ``fd`` holds now to ``inbox``, up to the
-    first newline (one message), never waiting."""
-    while b"\n" not in inbox and len(inbox) <= CHILD_MESSAGE_LIMIT:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        if not chunk:
-            return
-        inbox += chunk
-
-
-def _message(inbox: bytearray) -> dict:
-    """The child's JSON message (its first line), {} when it sent none or a broken one."""
-    line = bytes(inbox).split(b"\n", 1)[0]
-    try:
-        data = json.loads(line or b"{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _stop_probe_group(pid: int, reaped: bool) -> list[int]:
-    """Kill the probe child (unless ``reaped``: it exited and was waited for) and stop
-    every process left in its process group (the group keeps the child's pid as its
-    id while any member lives). Returns the pids of those leftovers; bounded."""
-    import psutil
-
-    from .watch import group_alive
-
-    members = []
-    if group_alive(pid):
-        for proc in psutil.process_iter():
-            try:
-                if proc.pid not in (pid, os.getpid()) and os.getpgid(proc.pid) == pid \
-                        and proc.status() != psutil.STATUS_ZOMBIE:
-                    members.append(proc)
-            except (OSError, psutil.Error):
-                continue
-    if not reaped:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 5.0  # SIGKILL cannot be blocked; only a disk wait (state D) delays it
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                break
-            time.sleep(0.01)
-    if members:
-        check.stop_quietly(members, grace=0.5)
-    return [p.pid for p in members]
 
 
 def start_watchdog(run_id: str, caller_pid: int | None, lifetime: float) -> int | None:
@@ -367,6 +244,8 @@ def start_watchdog(run_id: str, caller_pid: int | None, lifetime: float) -> int 
     imported: a fork of a process with no thread.
     """
     import psutil
+
+    from .watch import process_gone, sweep_run
 
     if not run_id or not caller_pid:
         return None
@@ -385,9 +264,9 @@ def start_watchdog(run_id: str, caller_pid: int | None, lifetime: float) -> int 
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         deadline = time.monotonic() + lifetime
         while (time.monotonic() < deadline and os.getppid() == runner and caller.is_running()
-               and not check.process_gone(caller)):
+               and not process_gone(caller)):
             time.sleep(WATCHDOG_INTERVAL)
-        check.sweep_tagged(run_id, exclude=(caller_pid,), grace=0.3)
+        sweep_run(run_id, exclude=(caller_pid,), grace=0.3)
     finally:
         os._exit(0)
 
@@ -447,7 +326,8 @@ def _import_error_text(exc: BaseException) -> tuple[str, str]:
     """(one-line summary, the import's own traceback without our frames)."""
     tb = traceback.TracebackException.from_exception(exc)
     frames = [f for f in tb.stack if not f.filename.startswith("<frozen importlib")
-              and not f.filename.endswith(("forksafety/checkrun.py", "celery/app/utils.py", "celery/utils/imports.py",
+              and f.filename != __file__
+              and not f.filename.endswith(("celery/app/utils.py", "celery/utils/imports.py",
                                            "kombu/utils/imports.py", "importlib/__init__.py"))]
     tb.stack = traceback.StackSummary.from_list(frames)
     summary = "".join(tb.format_exception_only()).strip().splitlines()[-1]
@@ -497,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = probe_fork(func, request.get("args"), request["probe_timeout"], request["stall"],
                            request["capture"], Path(request["log_dir"]), request.get("scenario", ""),
                            name=request["probe"], command=request.get("command"))
-        result["probe"] = asdict(probe)
+        result["probe"] = probe.to_dict()
     _write(result_path, result)
     return 0
 

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
-from .errors import ForkSafetyError
+from .errors import ForkSafetyError, Interrupted, UsageError, exit_code_of  # noqa: F401 - Interrupted: cli.Interrupted
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-
-
-class Interrupted(BaseException):
-    """Raised in the main thread on SIGINT or SIGTERM so every ``finally`` runs."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def install_interrupt_handlers() -> None:
@@ -46,22 +40,42 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def fail(error: ForkSafetyError | str, code: int = EXIT_USAGE, prog: str = "") -> int:
-    """Print ``error`` as one line on stderr and return ``code``."""
+def fail(error: ForkSafetyError | str, code: int | None = None, prog: str = "") -> int:
+    """Print ``error`` as one line on stderr and return ``code`` (default: the error's
+    own exit code, ``errors.exit_code_of``; 2 for a plain message)."""
+    if code is None:
+        code = exit_code_of(error) if isinstance(error, BaseException) else EXIT_USAGE
     prefix = f"{prog}: " if prog else ""
     sys.stderr.write(f"{prefix}error: {error}\n")
     return code
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
+MIN_SECONDS, MAX_SECONDS = 0.5, 3600.0  # bounds of every duration option (--timeout, --stall, ...)
+
+
+def seconds_type(low: float = MIN_SECONDS, high: float = MAX_SECONDS):
+    """argparse type factory, the one validator of durations: a number of seconds in
+    [``low``, ``high``] (default 0.5 to 3600: a shorter wait cannot tell a stuck child
+    from one still starting; a longer one is a typo)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not value > 0 or value != value:
+            raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds ({low:g} to {high:g})")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {low:g} seconds: a shorter wait "
+                                             f"cannot tell a stuck child from one still starting")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g} seconds")
+        return value
+
+    return parse
+
+
+positive_float = seconds_type()  # argparse type: seconds, MIN_SECONDS to MAX_SECONDS (the name CLIs used)
 
 
 def int_range(high: int | None = None):
@@ -89,3 +103,102 @@ def path_arg(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path is not allowed: give a folder or file name")
     return Path(text)
+
+
+class OnceAction(argparse.Action):
+    """Store an option's value; the same option given again with another value is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = f"_given_{self.dest}"
+        before = getattr(namespace, seen, None)
+        if before is not None and before != values:
+            parser.error(f"{option_string} given twice ({before} and {values}): give it once")
+        setattr(namespace, seen, values)
+        setattr(namespace, self.dest, values)
+
+
+def file_above(path: Path) -> Path | None:
+    """The nearest existing parent of ``path`` that is not a folder (None when there is none)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_file(path: Path, option: str = "--json") -> bool:
+    """The one validator of output files. Checks, before any work, that ``path`` can
+    take a record: not a folder, not under a file, in a writable folder (created if
+    missing), itself writable when it exists. Returns True when a file is already
+    there (it will be replaced: say so). Raises UsageError or SettingsError (exit 2)."""
+    from .settings import check_writable
+
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder", f"pass a file path, e.g. {option} {path / 'record.json'}")
+    above = file_above(path)
+    if above is not None:
+        raise UsageError(f"{option} {path}: {above} is not a folder",
+                         f"so the {option} folder is not writable: pass a path in a folder")
+    check_writable(path.parent, what=f"the folder of {option}", fix=f"choose a {option} folder you can write to")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path} is not writable", "pass another file path, or make it writable")
+    return path.exists()
+
+
+def check_log_dir(path: Path, create: bool = True, option: str = "--log-dir") -> None:
+    """The one validator of log folders. Checks, before any work, that ``path`` is (or
+    can become) a writable folder for logs and evidence; with ``create``, creates it.
+    Raises UsageError or SettingsError (exit 2)."""
+    from .settings import check_writable
+
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file, not a folder", "pass a folder (it is created if missing)")
+    above = file_above(path)
+    if above is not None:
+        raise UsageError(f"{option} {path}: {above} is not a folder", "pass a folder (it is created if missing)")
+    if create:
+        check_writable(path, what=option, fix=f"pass {option} a folder you can write to")
+
+
+def say(text: str) -> None:
+    """Print one progress line now (output is read live by users and tests)."""
+    print(text, flush=True)
+
+
+def written(path: Path, replaced: bool) -> None:
+    """Say where the record went, and that an existing file was replaced (never silently)."""
+    say(f"record written to {path}" + (" (replaced the previous file)" if replaced else ""))
+
+
+def quiet_signals():
+    """Ignore SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot cut the cleanup
+    short (main thread only: signal.signal's rule). Returns the function that restores them."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, signal.SIG_IGN)
+    return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+def remove_stale_strace_folders(tmp: Path | None = None) -> list[Path]:
+    """Remove the temporary folders ``forksafety-strace-<pid>-*`` of demo --strace runs
+    that were killed (their pid is gone). Returns the folders removed."""
+    from .watch import remove_stale_temp_folders
+
+    return remove_stale_temp_folders(tmp, kinds=("strace",))
+
+
+def sweep_leftovers(chroma_dir: Path, strace_tmp: bool = True) -> None:
+    """Remove what killed demo runs left (Chroma folders, --strace temporary folders),
+    one line each (the demo and debugger scripts run it first)."""
+    from .demo import remove_stale_demo_folders
+
+    stale = remove_stale_demo_folders(chroma_dir)
+    if stale:
+        say(f"removed {len(stale)} Chroma folder(s) left by killed demo runs under {chroma_dir}: "
+            f"{', '.join(f.name for f in stale)}")
+    if strace_tmp:
+        tmp = remove_stale_strace_folders()
+        if tmp:
+            say(f"removed {len(tmp)} temporary folder(s) left by killed --strace runs: "
+                f"{', '.join(str(f) for f in tmp)}")

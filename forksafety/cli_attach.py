@@ -25,10 +25,10 @@ from . import procinfo
 from .capture import (DEBUGGER_TIMEOUT, DebuggerCapture, check_ptrace_allowed, check_tool_runs, count_names,
                       debugger_report_sections, describe_snapshot, dump_path, gdb_capture, innermost_python_frame,
                       last_line, lldb_capture, lldb_catch, require_tool, write_dump)
-from .cli import EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, Interrupted, Parser, fail, install_interrupt_handlers, path_arg
-from .cli_demo import (MAX_SECONDS, OnceAction, check_log_dir, check_output_file, quiet_signals,
-                       record_json, say, seconds_type, sweep_leftovers, written)
-from .demo import DEFAULT_VARIANT, VARIANTS, DemoOptions, DemoRecord, DemoRun, expected_demo_outcome
+from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, MAX_SECONDS, Interrupted, OnceAction, Parser, check_log_dir,
+                  check_output_file, fail, install_interrupt_handlers, path_arg, quiet_signals, say, seconds_type,
+                  sweep_leftovers, written)
+from .demo import DEFAULT_VARIANT, VARIANTS, DemoOptions, DemoRecord, DemoRun, expected_demo_outcome, record_json
 from .errors import ForkSafetyError, UsageError
 from .outcome import Outcome, current_platform
 from .report import write_json

@@ -23,11 +23,13 @@ import threading
 import time
 from pathlib import Path
 
-from .check import PACKAGE_ROOT, PROBE_CAPTURE, CheckRequest, CheckRun, Report, format_report, run_check
-from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, fail,
-                  install_interrupt_handlers, path_arg, positive_float, positive_int)
+from .check import (PACKAGE_ROOT, PROBE_CAPTURE, CheckRequest, CheckRun, Report, format_report, module_file,
+                    run_check)
+from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, check_log_dir,
+                  check_output_file, fail, file_above, install_interrupt_handlers, path_arg, positive_float,
+                  positive_int)
 from .errors import ForkSafetyError, UsageError
-from .settings import check_writable
+from .outcome import outcome_text
 
 PROG = "python -m forksafety"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
@@ -54,16 +56,9 @@ def build_parser() -> Parser:
     c.add_argument("--args", metavar="JSON",
                    help="arguments for --probe: a JSON list (positional) or object (keywords)")
     c.add_argument("--json", type=path_arg, metavar="PATH", help="write the full record to PATH")
-    c.add_argument("--timeout", type=positive_float, default=30.0, metavar="SECONDS",
-                   help="bound on the target's import (default 30)")
-    c.add_argument("--probe-timeout", type=positive_float, default=15.0, metavar="SECONDS",
-                   help="bound on the probe child (default 15)")
-    c.add_argument("--stall", type=positive_float, default=2.0, metavar="SECONDS",
-                   help="window of the 'stalled' hang rule (default 2)")
-    c.add_argument("--capture", choices=PROBE_CAPTURE, default="full",
-                   help="evidence from a hung probe child: full (py-spy + pystack, default), light, none")
-    c.add_argument("--log-dir", type=path_arg, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
-                   help="where probe evidence goes (default crash_dumps/)")
+    _bounds(c, timeout=(30.0, "the target's import"), probe_timeout=(15.0, "the probe child"),
+            capture=("full", "a hung probe child: full (py-spy + pystack, default), light, none"),
+            log_dir="probe evidence")
 
     lab = sub.add_parser("lab", help="run the case corpus: observed outcome of a real fork vs the check's verdict",
                          description="Fork each case of forksafety/cases, record what happens in the child, run "
@@ -75,17 +70,24 @@ def build_parser() -> Parser:
     lab.add_argument("--repeat", type=positive_int, default=1, metavar="N", help="runs per case (default 1)")
     lab.add_argument("--parallel", type=positive_int, default=max(1, os.cpu_count() or 1), metavar="N",
                      help="cases at once (default: the number of CPUs)")
-    lab.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
-                     help="bound on each case's import (default 60)")
-    lab.add_argument("--probe-timeout", type=positive_float, default=10.0, metavar="SECONDS",
-                     help="bound on each forked child (default 10)")
-    lab.add_argument("--stall", type=positive_float, default=2.0, metavar="SECONDS",
-                     help="window of the 'stalled' hang rule (default 2)")
-    lab.add_argument("--capture", choices=PROBE_CAPTURE, default="light",
-                     help="evidence from hung children: full (py-spy + pystack), light (default), none")
-    lab.add_argument("--log-dir", type=path_arg, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
-                     help="where evidence goes (default crash_dumps/)")
+    _bounds(lab, timeout=(60.0, "each case's import"), probe_timeout=(10.0, "each forked child"),
+            capture=("light", "hung children: full (py-spy + pystack), light (default), none"), log_dir="evidence")
     return p
+
+
+def _bounds(p: Parser, timeout: tuple[float, str], probe_timeout: tuple[float, str], capture: tuple[str, str],
+            log_dir: str) -> None:
+    """The options check and lab share: --timeout, --probe-timeout, --stall (seconds),
+    --capture and --log-dir, with their defaults and what each bounds."""
+    p.add_argument("--timeout", type=positive_float, default=timeout[0], metavar="SECONDS",
+                   help=f"bound on {timeout[1]} (default {timeout[0]:g})")
+    p.add_argument("--probe-timeout", type=positive_float, default=probe_timeout[0], metavar="SECONDS",
+                   help=f"bound on {probe_timeout[1]} (default {probe_timeout[0]:g})")
+    p.add_argument("--stall", type=positive_float, default=2.0, metavar="SECONDS",
+                   help="window of the 'stalled' hang rule (default 2)")
+    p.add_argument("--capture", choices=PROBE_CAPTURE, default=capture[0], help=f"evidence from {capture[1]}")
+    p.add_argument("--log-dir", type=path_arg, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
+                   help=f"where {log_dir} goes (default crash_dumps/)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +157,7 @@ def _check_target_file(target: str) -> None:
     except FileNotFoundError:
         raise UsageError(f"file {target} does not exist", "check the path, or give a module name") from None
     except NotADirectoryError:
-        raise UsageError(f"file {target} does not exist ({_file_above(path)} is a file, not a folder)",
+        raise UsageError(f"file {target} does not exist ({file_above(path)} is a file, not a folder)",
                          "check the path, or give a module name") from None
     except OSError as exc:
         raise UsageError(f"cannot read {target} ({exc.strerror or exc})", "check the path and its permissions") from None
@@ -166,42 +168,6 @@ def _check_target_file(target: str) -> None:
         what = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
                 else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
         raise UsageError(f"{target} is {what}, not a .py file", "give a .py file or a module name")
-
-
-def _file_above(path: Path) -> Path | None:
-    """The nearest existing parent of ``path`` that is not a folder (None when there is none)."""
-    for parent in path.absolute().parents:
-        if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
-
-
-def check_output_file(path: Path, option: str = "--json") -> bool:
-    """Check, before any work, that ``path`` can take a record: not a folder, not
-    under a file, in a writable folder (created if missing). Returns True when a
-    file is already there (it will be replaced). Raises UsageError or SettingsError."""
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder", f"pass a file path, e.g. {option} {path / 'record.json'}")
-    above = _file_above(path)
-    if above is not None:
-        raise UsageError(f"{option} {path}: {above} is not a folder", "pass a path in a folder")
-    check_writable(path.parent, what=f"the folder of {option}",
-                   fix=f"pass {option} a path in a folder you can write to")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"{option} {path} is not writable", "pass another file path, or make it writable")
-    return path.exists()
-
-
-def check_log_dir(path: Path, create: bool = True) -> None:
-    """Check, before any work, that ``path`` is (or can become) a writable folder for
-    evidence; with ``create``, create it. Raises UsageError or SettingsError."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--log-dir {path} is a file, not a folder", "pass a folder (it is created if missing)")
-    above = _file_above(path)
-    if above is not None:
-        raise UsageError(f"--log-dir {path}: {above} is not a folder", "pass a folder (it is created if missing)")
-    if create:
-        check_writable(path, what="--log-dir", fix="pass --log-dir a folder you can write to")
 
 
 def write_record(path: Path, data: dict, replaced: bool) -> str:
@@ -236,9 +202,8 @@ def check_lines(run: CheckRun) -> list[str]:
     if run.probe:
         p = run.probe
         shown_args = json.dumps(req.args) if req.args is not None else ""
-        outcome = p["outcome"] + (f" {p['signal']}" if p.get("signal") else "")
-        rule = f" ({p['rule']})" if p.get("rule") else ""
-        lines += ["", f"Probe: {req.probe}({shown_args}) in a forked child: {outcome}{rule} after {p['seconds']:.2f} s",
+        outcome = outcome_text(p["outcome"], p.get("signal"), p.get("rule"))
+        lines += ["", f"Probe: {req.probe}({shown_args}) in a forked child: {outcome} after {p['seconds']:.2f} s",
                   f"  {p.get('detail', '')}".rstrip()]
         ev = p.get("evidence") or {}
         if ev.get("lost_threads"):
@@ -288,7 +253,7 @@ def check_main(args) -> int:
         fail(f"--probe: {run.error}", prog=prog)
     elif run.status == "import-crashed":
         fail(run.error, prog=prog)
-        ours = ("forksafety/checkrun.py", "<frozen ", "importlib/__init__.py")
+        ours = (module_file("forksafety.checkrun"), "<frozen ", "importlib/__init__.py")
         lines = [ln for ln in run.output.rstrip().splitlines() if ln.strip() and not any(o in ln for o in ours)]
         if lines:  # what the interpreter said as it died (faulthandler: the target's frames)
             sys.stderr.write("\n".join(lines[-15:]) + "\n")

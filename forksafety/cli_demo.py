@@ -7,17 +7,12 @@ path, strace missing), 130 interrupted (the child is stopped first).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import sys
-import tempfile
-import threading
 from dataclasses import asdict
-from pathlib import Path
 
 from .capture import (
     check_tool_runs,
@@ -34,12 +29,23 @@ from .cli import (
     EXIT_MISMATCH,
     EXIT_OK,
     EXIT_USAGE,
+    MAX_SECONDS,
+    MIN_SECONDS,
     Interrupted,
+    OnceAction,
     Parser,
+    check_log_dir,
+    check_output_file,
     fail,
     install_interrupt_handlers,
     int_range,
     path_arg,
+    quiet_signals,
+    remove_stale_strace_folders,  # noqa: F401 - kept importable from here (tests, issue 13)
+    say,
+    seconds_type,
+    sweep_leftovers,
+    written,
 )
 from .demo import (
     DEFAULT_DOCUMENTS,
@@ -49,60 +55,25 @@ from .demo import (
     DemoRecord,
     DemoRun,
     expected_demo_outcome,
+    record_json,
     record_sections,
-    remove_stale_demo_folders,
 )
-from .errors import ForkSafetyError, UsageError
+from .errors import ForkSafetyError
 from .outcome import Outcome, current_platform
 from .report import write_json
 from .settings import REPO_ROOT, check_writable, load_settings
-from .versions import header_lines, package_versions, platform_record
-from .watch import RULE_DEADLINE, remove_stale_pid_folders, set_parent_death_signal
+from .versions import header_lines
+from .watch import RULE_DEADLINE, make_temp_dir, set_parent_death_signal
 
 PROG = "demo_crash.py"
 SCRIPT = REPO_ROOT / "scripts" / "demo_crash.py"
 STRACE_STARTUP = 120.0  # seconds strace may add on top of --timeout (start-up under ptrace is slow)
 STRACE_CHECK_TIMEOUT = 10.0  # seconds strace may take to trace `true` before the run (set-up check)
-MIN_SECONDS, MAX_SECONDS = 0.5, 3600.0  # bounds of --timeout and --stall
 MAX_DOCUMENTS = 10000  # bound of --documents
 SHORT_DEADLINE = 5.0  # below this --timeout, a HANG by deadline gets a note (a slow child may just need longer)
 # Set (to the outer script's pid) in the environment of the demo that --strace runs under strace:
 # that demo then dies with strace (PR_SET_PDEATHSIG) and leaves the printing of the end to the outer script.
 UNDER_STRACE_ENV = "FORKSAFETY_DEMO_UNDER_STRACE"
-STRACE_TMP_PREFIX = "forksafety-strace-"  # + <pid of the script>-<random>: the --strace run's temporary folder
-STRACE_TMP_PATTERN = re.compile(r"forksafety-strace-(\d+)-[a-z0-9_]+")
-
-
-def seconds_type(low: float = MIN_SECONDS, high: float = MAX_SECONDS):
-    """argparse type: a number of seconds in [low, high]."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-        if not value > 0 or value != value:
-            raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds ({low:g} to {high:g})")
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at least {low:g} seconds: a shorter wait "
-                                             f"cannot tell a stuck child from one still starting")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at most {high:g} seconds")
-        return value
-
-    return parse
-
-
-class OnceAction(argparse.Action):
-    """Store an option's value; the same option given again with another value is an error."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        seen = f"_given_{self.dest}"
-        before = getattr(namespace, seen, None)
-        if before is not None and before != values:
-            parser.error(f"{option_string} given twice ({before} and {values}): give it once")
-        setattr(namespace, seen, values)
-        setattr(namespace, self.dest, values)
 
 
 def build_parser() -> Parser:
@@ -141,36 +112,6 @@ def build_parser() -> Parser:
     return p
 
 
-def check_output_file(path: Path, option: str = "--json") -> None:
-    """Raise UsageError when a file cannot be written at ``path`` (checked before any work)."""
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a directory", "give a file path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{option} {path} is not writable ({exc.strerror or exc})",
-                         "choose a file in a writable folder") from None
-
-
-def check_log_dir(path: Path) -> None:
-    """Raise UsageError when ``path`` cannot hold our logs."""
-    try:
-        check_writable(path, what="--log-dir", fix="choose a writable folder")
-    except ForkSafetyError as exc:
-        raise UsageError(exc.message, exc.help) from None
-
-
-def record_json(rec: DemoRecord, **extra: object) -> dict:
-    """The JSON record: platform and versions, then the DemoRecord fields, then ``extra``."""
-    plat = platform_record()
-    data = rec.to_dict()
-    data.get("extra", {}).pop("sections", None)
-    return {"platform": plat["platform"], "machine": plat["machine"], "system": plat["system"],
-            "python": plat["python"], "versions": package_versions(), **data, **extra}
-
-
 def list_variants() -> str:
     """The variants as text: name, expected outcome here, what it does, how it was measured."""
     lines = []
@@ -181,22 +122,6 @@ def list_variants() -> str:
         if v.measured:
             lines.append(f"{'':<21} measured on Linux: {v.measured}")
     return "\n".join(lines)
-
-
-def say(text: str) -> None:
-    """Print one progress line now (the demo's output is read live by users and tests)."""
-    print(text, flush=True)
-
-
-def quiet_signals():
-    """Ignore SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot cut the cleanup
-    short (main thread only: signal.signal's rule). Returns the function that restores them."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, signal.SIG_IGN)
-    return lambda: [signal.signal(s, h) for s, h in old.items()]
 
 
 def print_record(rec: DemoRecord) -> None:
@@ -221,11 +146,6 @@ def print_record(rec: DemoRecord) -> None:
         say(f"  {rec.detail}")
 
 
-def written(path: Path, replaced: bool) -> None:
-    """Say where the record went, and that an existing file was replaced (never silently)."""
-    say(f"record written to {path}" + (" (replaced the previous file)" if replaced else ""))
-
-
 def under_strace() -> bool:
     """True in the demo that ``--strace`` runs under strace (the inner demo)."""
     return bool(os.environ.get(UNDER_STRACE_ENV))
@@ -243,25 +163,6 @@ def die_with_strace() -> bool:
         return psutil.Process(os.getppid()).ppid() == int(os.environ[UNDER_STRACE_ENV])
     except (ValueError, OSError, psutil.Error):
         return False
-
-
-def remove_stale_strace_folders(tmp: Path | None = None) -> list[Path]:
-    """Remove the temporary folders ``forksafety-strace-<pid>-*`` of --strace runs
-    that were killed (their pid is gone). Returns the folders removed."""
-    return remove_stale_pid_folders(Path(tmp or tempfile.gettempdir()), STRACE_TMP_PATTERN)
-
-
-def sweep_leftovers(chroma_dir: Path, strace_tmp: bool = True) -> None:
-    """Remove what killed runs left (Chroma folders, --strace temporary folders), one line each."""
-    stale = remove_stale_demo_folders(chroma_dir)
-    if stale:
-        say(f"removed {len(stale)} Chroma folder(s) left by killed demo runs under {chroma_dir}: "
-            f"{', '.join(f.name for f in stale)}")
-    if strace_tmp:
-        tmp = remove_stale_strace_folders()
-        if tmp:
-            say(f"removed {len(tmp)} temporary folder(s) left by killed --strace runs: "
-                f"{', '.join(str(f) for f in tmp)}")
 
 
 def run_demo(args, variant: str, settings) -> tuple[int, DemoRecord | None]:
@@ -292,7 +193,7 @@ def run_demo(args, variant: str, settings) -> tuple[int, DemoRecord | None]:
 def run_strace(args, variant: str, replaced: bool) -> int:
     """Run the demo under ``strace -f -tt`` and point at the child's unfinished futex call."""
     trace = dump_path(args.log_dir, "strace", variant, suffix="trace")
-    tmp = Path(tempfile.mkdtemp(prefix=f"{STRACE_TMP_PREFIX}{os.getpid()}-"))
+    tmp = make_temp_dir("strace")
     try:
         inner_json = tmp / "demo.json"
         inner = [sys.executable, str(SCRIPT), "--variant", variant, "--timeout", f"{args.timeout:g}",

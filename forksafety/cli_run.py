@@ -22,6 +22,8 @@ from .cli import (
     EXIT_OK,
     Interrupted,
     Parser,
+    check_log_dir,
+    check_output_file,
     fail,
     install_interrupt_handlers,
     path_arg,
@@ -134,11 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = harness.select_scenarios(args.pool, args.variant, args.all, args.concurrency)
         settings = load_settings()
         check_writable(settings.chroma_dir)
-        check_writable(args.log_dir, what="log folder", fix="pass a writable --log-dir")
+        check_log_dir(args.log_dir)
         if args.json:
-            check_writable(args.json.parent, what="--json folder", fix="pass a --json PATH in a writable folder")
-            if args.json.is_dir():
-                raise UsageError(f"--json {args.json} is a folder", "pass a file path, e.g. crash_dumps/results.json")
+            check_output_file(args.json)
     except ForkSafetyError as exc:
         return fail(exc, prog=PROG)
     install_interrupt_handlers()

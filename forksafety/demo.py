@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import fcntl
 import gc
-import json
 import os
 import re
 import shutil
-import signal
-import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -41,14 +37,11 @@ import psutil
 from . import procinfo
 from .capture import Section, child_evidence, count_names
 from .errors import UsageError
-from .outcome import Expected, Outcome, current_platform
+from .outcome import Expected, Outcome, Record, current_platform
 from .settings import Settings
-from .watch import (
-    RULE_DEADLINE,
-    StallDetector,
-    remove_stale_pid_folders,
-    set_parent_death_signal,
-)
+from .versions import package_versions, platform_record
+from .forkchild import ForkedCall
+from .watch import remove_stale_pid_folders, watch_process
 
 DEFAULT_DOCUMENTS = 2  # documents the child adds in one add_documents call
 PARENT_TEXT = "fork-safety demo: parent document"
@@ -194,7 +187,7 @@ class DemoOptions:
 
 
 @dataclass
-class DemoRecord:
+class DemoRecord(Record):
     """Everything one demo run found: the one source for the log, the JSON and the CLI.
 
     seconds: from the fork to the verdict. child_seconds: the child's own time
@@ -233,25 +226,6 @@ class DemoRecord:
     log: str | None = None
     evidence: dict | None = None
     extra: dict = field(default_factory=dict)
-
-    @property
-    def matched(self) -> bool:
-        """True when the outcome is the expected one for this variant and platform."""
-        return self.expected.matches(self.outcome, self.signal)
-
-    def outcome_text(self) -> str:
-        """``HANG (deadlock-proven)``, ``CRASH SIGTRAP``, ``OK``..."""
-        text = self.outcome.value + (f" {self.signal}" if self.signal else "")
-        return text + (f" ({self.rule})" if self.rule else "")
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (outcome and expected as strings, ``matched`` included)."""
-        data = asdict(self)
-        data["outcome"] = self.outcome.value
-        data["expected"] = str(self.expected)
-        data["matched"] = self.matched
-        data["seconds"] = round(self.seconds, 3)
-        return data
 
 
 @dataclass
@@ -293,8 +267,8 @@ class DemoRun:
         self.child_pid: int | None = None
         self.gate_path: Path | None = None
         self._gate_writer: int | None = None
-        self._result_r: int | None = None
-        self._forked_at: float | None = None
+        self._gate_reader: int | None = None
+        self._forked: ForkedCall | None = None
         self._child: ChildResult | None = None
         self._store = None
 
@@ -310,13 +284,14 @@ class DemoRun:
         try:
             self.stop_child()
         finally:
-            for fd in (self._gate_writer, self._result_r):
-                if fd is not None:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            self._gate_writer = self._result_r = None
+            if self._gate_writer is not None:
+                try:
+                    os.close(self._gate_writer)
+                except OSError:
+                    pass
+            self._gate_writer = None
+            if self._forked is not None:
+                self._forked.close()
             if not self.options.keep_data:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -370,18 +345,15 @@ class DemoRun:
             gate_r = os.open(self.gate_path, os.O_RDONLY | os.O_NONBLOCK)
             self._gate_writer = os.open(self.gate_path, os.O_WRONLY | os.O_NONBLOCK)
             fcntl.fcntl(gate_r, fcntl.F_SETFL, fcntl.fcntl(gate_r, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        result_r, result_w = os.pipe()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        pid = os.fork()  # explicit fork: the point of the demo (never a start-method default)
-        if pid == 0:  # the child: never returns
-            _child_main(self, result_w, result_r, gate_r)
+        self._gate_reader = gate_r
+        # explicit fork (os.fork, never a start-method default): the point of the demo
+        self._forked = ForkedCall(lambda: _child_main(self), new_group=False, error_code=CHILD_ERROR_EXIT,
+                                  fork=os.fork)
+        pid = self._forked.start()
         self.child_pid = pid  # first: close() must know it whatever happens next
-        self._forked_at = time.monotonic()
-        os.close(result_w)
         if gate_r is not None:
             os.close(gate_r)
-        self._result_r = result_r
+            self._gate_reader = None
         self.progress(f"forked child pid {pid}")
         return pid
 
@@ -391,45 +363,27 @@ class DemoRun:
             os.write(self._gate_writer, b"g")
 
     def _poll_child(self) -> ChildResult | None:
-        """Reap the child if it ended (waitpid WNOHANG); None while it runs."""
+        """Reap the child if it ended (ForkedCall.poll); None while it runs."""
         if self._child is not None:
             return self._child
-        if self.child_pid is None:
+        forked = self._forked
+        if forked is None:
             return None
-        try:
-            pid, status = os.waitpid(self.child_pid, os.WNOHANG)
-        except ChildProcessError:
-            self._child = ChildResult(None, None, {"error": "the child was reaped elsewhere"})
+        if forked.poll() is None:
+            if forked.lost:
+                self._child = ChildResult(None, None, {"error": "the child was reaped elsewhere"})
             return self._child
-        if pid == 0:
-            return None
-        report = self._read_report()
-        if os.WIFSIGNALED(status):
-            self._child = ChildResult(None, signal.Signals(os.WTERMSIG(status)).name, report)
-        else:
-            self._child = ChildResult(os.waitstatus_to_exitcode(status), None, report)
+        code = forked.returncode
+        self._child = ChildResult(None if code < 0 else code, forked.signal_name, forked.message)
         return self._child
 
-    def _read_report(self) -> dict:
-        if self._result_r is None:
-            return {}
-        chunks = []
-        try:
-            os.set_blocking(self._result_r, False)
-            while True:
-                data = os.read(self._result_r, 65536)
-                if not data:
-                    break
-                chunks.append(data)
-        except (BlockingIOError, OSError):
-            pass
-        try:
-            return json.loads(b"".join(chunks).decode(errors="replace") or "{}")
-        except ValueError:
-            return {"error": "unreadable report from the child"}
+    @property
+    def _forked_at(self) -> float | None:
+        return self._forked.started_at if self._forked is not None else None
 
     def watch(self) -> tuple[Outcome, str | None, str | None, procinfo.ProcSnapshot | None]:
-        """Wait (bounded by ``options.timeout`` seconds from the fork) for the child.
+        """Wait (bounded by ``options.timeout`` seconds from the fork) for the child,
+        with the one watch loop (forksafety.watch.watch_process).
 
         Returns (outcome, rule, signal, last snapshot): OK (exit 0), ERROR (other
         exit code), CRASH (killed by a signal we did not send), HANG (a hang rule
@@ -437,30 +391,15 @@ class DemoRun:
         running for the caller to inspect).
         """
         assert self.child_pid is not None, "start() first"
-        detector = StallDetector(self.options.stall)
         deadline = (self._forked_at or time.monotonic()) + self.options.timeout
-        snap = None
-        fired: str | None = None
-        while True:
-            ended = self._poll_child()
-            if ended is not None:
-                if ended.signal:
-                    return Outcome.CRASH, None, ended.signal, snap
-                return (Outcome.OK if ended.exit_code == 0 else Outcome.ERROR), None, None, snap
-            try:
-                current = procinfo.snapshot(self.child_pid)
-            except psutil.Error:
-                current = None
-            if current is not None and current.status != psutil.STATUS_ZOMBIE:
-                snap = current
-                hang = detector.feed(current)
-                if hang is not None:
-                    if self.options.early_verdict:
-                        return Outcome.HANG, hang.rule, None, hang.snapshot
-                    fired = fired or hang.rule
-            if time.monotonic() >= deadline:
-                return Outcome.HANG, fired or RULE_DEADLINE, None, snap
-            time.sleep(POLL_INTERVAL)
+        seen = watch_process(self._poll_child, self.child_pid, deadline, stall=self.options.stall,
+                             early_verdict=self.options.early_verdict, interval=POLL_INTERVAL)
+        if seen.hung:
+            return Outcome.HANG, seen.rule, None, seen.snapshot
+        ended: ChildResult = seen.value
+        if ended.signal:
+            return Outcome.CRASH, None, ended.signal, seen.snapshot
+        return (Outcome.OK if ended.exit_code == 0 else Outcome.ERROR), None, None, seen.snapshot
 
     def refresh(self, snap: procinfo.ProcSnapshot | None) -> procinfo.ProcSnapshot | None:
         """A fresh snapshot of the child, or ``snap`` when it cannot be read."""
@@ -481,22 +420,11 @@ class DemoRun:
 
     def stop_child(self) -> None:
         """SIGKILL the child and reap it (bounded by STOP_TIMEOUT seconds). Idempotent."""
-        if self.child_pid is None or self._child is not None:
+        if self._forked is None or self._child is not None:
             return
-        try:
-            os.kill(self.child_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                pid, status = os.waitpid(self.child_pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid:
-                self._child = ChildResult(None, "SIGKILL (stopped by the demo)", {})
-                return
-            time.sleep(0.01)
+        self._forked.kill(wait=STOP_TIMEOUT)
+        if self._forked.returncode is not None:
+            self._child = ChildResult(None, "SIGKILL (stopped by the demo)", {})
 
     def make_record(self, outcome: Outcome, rule: str | None, sig: str | None,
                     snap: procinfo.ProcSnapshot | None, evidence: dict | None = None) -> DemoRecord:
@@ -559,44 +487,23 @@ class DemoRun:
         return rec
 
 
-def _child_main(run: DemoRun, result_w: int, result_r: int, gate_r: int | None) -> None:
-    """The forked child: do the variant's work, report on the pipe, ``os._exit``.
+def _child_main(run: DemoRun) -> dict:
+    """The forked child's work (run by ForkedCall, which reports it and ``os._exit``s):
+    wait at the gate (if any), then do the variant's add_documents. Returns the report."""
+    if run._gate_writer is not None:
+        os.close(run._gate_writer)
+    if run._gate_reader is not None:
+        os.read(run._gate_reader, 1)
+    t0 = time.monotonic()
+    store = _child_store(run)
+    from langchain_core.documents import Document
 
-    Never returns and never runs the parent's ``finally`` blocks or atexit hooks.
-    """
-    code = CHILD_ERROR_EXIT
-    report: dict = {}
-    try:
-        set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != run.parent_pid:  # the parent died before prctl
-            os._exit(CHILD_ERROR_EXIT)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        os.close(result_r)
-        if run._gate_writer is not None:
-            os.close(run._gate_writer)
-        if gate_r is not None:
-            os.read(gate_r, 1)
-        t0 = time.monotonic()
-        store = _child_store(run)
-        from langchain_core.documents import Document
-
-        texts = [f"fork-safety demo: child document {i + 1}" for i in range(run.options.documents)]
-        ids = store.add_documents([Document(page_content=t, metadata={"source": "child"}) for t in texts])
-        if len(ids) != len(texts):
-            raise RuntimeError(f"add_documents returned {len(ids)} ids for {len(texts)} documents")
-        report = {"ids": len(ids), "seconds": round(time.monotonic() - t0, 3),
-                  "threads": procinfo.thread_names(os.getpid())}
-        code = 0
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then _exit
-        report = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
-        code = CHILD_ERROR_EXIT
-    finally:
-        try:
-            os.write(result_w, json.dumps(report, default=str).encode()[:60000])
-        except OSError:
-            pass
-        os._exit(code)
+    texts = [f"fork-safety demo: child document {i + 1}" for i in range(run.options.documents)]
+    ids = store.add_documents([Document(page_content=t, metadata={"source": "child"}) for t in texts])
+    if len(ids) != len(texts):
+        raise RuntimeError(f"add_documents returned {len(ids)} ids for {len(texts)} documents")
+    return {"ids": len(ids), "seconds": round(time.monotonic() - t0, 3),
+            "threads": procinfo.thread_names(os.getpid())}
 
 
 def _child_store(run: DemoRun):
@@ -616,6 +523,15 @@ def _child_store(run: DemoRun):
         SharedSystemClient.clear_system_cache()
         return make_store(run.settings, run.persist_dir)
     raise ValueError(f"unknown child action {kind!r}")
+
+
+def record_json(rec: DemoRecord, **extra: object) -> dict:
+    """The JSON record: platform and versions, then the DemoRecord fields, then ``extra``."""
+    plat = platform_record()
+    data = rec.to_dict()
+    data.get("extra", {}).pop("sections", None)
+    return {"platform": plat["platform"], "machine": plat["machine"], "system": plat["system"],
+            "python": plat["python"], "versions": package_versions(), **data, **extra}
 
 
 def record_sections(rec: DemoRecord) -> list[Section]:

@@ -6,6 +6,8 @@ CLIs print ``str(error)`` (cause and fix on one line) and exit with
 
 from __future__ import annotations
 
+import signal
+
 
 class ForkSafetyError(Exception):
     """Base class: a problem the user can fix, with the fix in ``help``."""
@@ -39,3 +41,40 @@ class PtraceError(ForkSafetyError):
 
 class ToolMissingError(ForkSafetyError):
     """A debugger or tracer the command needs is not installed."""
+
+
+class TargetNotFound(ForkSafetyError):
+    """The module, file or Celery app named by the user does not exist."""
+
+
+class ForkUnsafeError(ForkSafetyError, RuntimeError):
+    """Strict mode refused a fork: the process has threads a child would lose."""
+
+    exit_code = 1
+
+
+class ForkSafetyWarning(RuntimeWarning):
+    """A process with threads a forked child would lose is forking (a warning, not an error)."""
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread on SIGINT or SIGTERM so every ``finally`` runs
+    (``forksafety.cli.install_interrupt_handlers``). Not an Exception: ``except
+    Exception`` must not swallow it."""
+
+    exit_code = 130  # 128 + SIGINT, as shells report it
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The one mapping from an exception to a CLI exit code: a ForkSafetyError's own
+    ``exit_code`` (2: usage or set-up, 1: ForkUnsafeError), 130 for Interrupted and
+    KeyboardInterrupt (128 + SIGINT, as shells report it), 1 for anything else."""
+    if isinstance(error, (ForkSafetyError, Interrupted)):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    return 1

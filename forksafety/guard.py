@@ -44,7 +44,7 @@ import threading
 import warnings
 
 from . import check
-from .errors import ForkSafetyError, SettingsError
+from .errors import ForkSafetyError, ForkSafetyWarning, ForkUnsafeError, SettingsError  # noqa: F401 - ForkSafetyError, ForkSafetyWarning and ForkUnsafeError re-exported
 
 MODES = ("warn", "log", "strict")
 CELERY_MODES = ("log", "strict")
@@ -53,16 +53,6 @@ EXIT_REFUSED = 1  # exit code of a Celery worker that strict mode stopped
 LOGGER = logging.getLogger("forksafety.guard")
 
 _REAL_FORK = os.fork  # the genuine os.fork, whatever strict mode does to the attribute
-
-
-class ForkSafetyWarning(RuntimeWarning):
-    """A process with threads a forked child would lose is forking."""
-
-
-class ForkUnsafeError(ForkSafetyError, RuntimeError):
-    """Strict mode refused a fork: the process has threads a child would lose."""
-
-    exit_code = 1
 
 
 class _State:

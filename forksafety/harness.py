@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections import Counter
 import time
@@ -28,8 +27,8 @@ from .broker import Broker
 from .errors import UsageError
 from .outcome import Expected, Outcome, Verdict, expected_outcome
 from .settings import REPO_ROOT, Settings
-from .watch import (RULE_DEADLINE, RUN_ID_ENV, SCENARIO_ENV, StallDetector, group_alive, pdeathsig_preexec, stop_tree,
-                    sweep_run, wait_until)
+from .watch import (RULE_DEADLINE, RUN_ID_ENV, SCENARIO_ENV, group_alive, make_temp_dir, pdeathsig_preexec, stop_tree,
+                    sweep_run, wait_until, watch_process)
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
 DEFAULT_TEXTS = ["fork-safety check: first document", "fork-safety check: second document"]
@@ -248,7 +247,7 @@ class ScenarioRun:
         """Start the worker in its own process group, its log in ``log_path``."""
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
         self.chroma_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f"forksafety-run-{os.getpid()}-"))
+        self._tmp = make_temp_dir("run")
         with open(self.log_path, "w") as log:
             log.write(f"# {' '.join(self.command())}\n")
             log.flush()
@@ -335,48 +334,44 @@ class ScenarioRun:
         self._sent_wall = time.time()
         result = app.send_task(s.task, args=list(s.args), queue=self.queue)
         deadline = time.monotonic() + self.options.timeout
-        detector = StallDetector(self.options.stall)
-        child_pid: int | None = None
-        started_seen: float | None = None
-        snap = None
+        seen_child: dict = {"pid": None, "at": None}  # the pool child, once the task reached it (STARTED)
+
+        def done() -> Verdict | None:
+            """The verdict once the task or the worker ended (or we were cancelled), else None."""
+            child_pid, started_seen = seen_child["pid"], seen_child["at"]
+            state = result.state
+            if state == "SUCCESS":
+                outcome, detail = _judge_return(result.result, s)
+                return self._verdict(outcome, started, detail, child_pid=child_pid,
+                                     verdict_seconds=self._since(started_seen))
+            if state == "FAILURE":
+                exc = result.result
+                text = f"{type(exc).__name__}: {exc}"
+                if type(exc).__name__ == "WorkerLostError" or "Worker exited prematurely" in str(exc):
+                    return self._verdict(Outcome.CRASH, started, text, signal=_crash_signal(str(exc)),
+                                         child_pid=child_pid, verdict_seconds=self._since(started_seen))
+                return self._verdict(Outcome.ERROR, started, text[:500], child_pid=child_pid,
+                                     verdict_seconds=self._since(started_seen))
+            if state == "STARTED" and child_pid is None:
+                info = result.info if isinstance(result.info, dict) else {}
+                if isinstance(info.get("pid"), int):
+                    seen_child["pid"], seen_child["at"] = info["pid"], time.monotonic()
+                    self.progress(s.name, f"running in pid {info['pid']}")
+            if self.worker.poll() is not None:
+                code = self.worker.returncode
+                return self._verdict(Outcome.CRASH if code < 0 else Outcome.ERROR, started,
+                                     f"worker main process exited with code {code}",
+                                     signal=signal.Signals(-code).name if code < 0 else None)
+            if self._cancelled.is_set():
+                return self._verdict(Outcome.ERROR, started, "cancelled")
+            return None
+
         try:
-            while True:
-                state = result.state
-                if state == "SUCCESS":
-                    outcome, detail = _judge_return(result.result, s)
-                    return self._verdict(outcome, started, detail, child_pid=child_pid,
-                                         verdict_seconds=self._since(started_seen))
-                if state == "FAILURE":
-                    exc = result.result
-                    text = f"{type(exc).__name__}: {exc}"
-                    if type(exc).__name__ == "WorkerLostError" or "Worker exited prematurely" in str(exc):
-                        return self._verdict(Outcome.CRASH, started, text, signal=_crash_signal(str(exc)),
-                                             child_pid=child_pid, verdict_seconds=self._since(started_seen))
-                    return self._verdict(Outcome.ERROR, started, text[:500], child_pid=child_pid,
-                                         verdict_seconds=self._since(started_seen))
-                if state == "STARTED" and child_pid is None:
-                    info = result.info if isinstance(result.info, dict) else {}
-                    if isinstance(info.get("pid"), int):
-                        child_pid = info["pid"]
-                        started_seen = time.monotonic()
-                        self.progress(s.name, f"running in pid {child_pid}")
-                if child_pid is not None:
-                    try:
-                        snap = procinfo.snapshot(child_pid)
-                    except psutil.Error:
-                        snap = None  # the child died: Celery reports it as a FAILURE
-                    hang = detector.feed(snap) if snap is not None else None
-                    if hang is not None:
-                        return self._hang(started, hang.rule, child_pid, hang.snapshot, started_seen)
-                if self.worker.poll() is not None:
-                    return self._verdict(Outcome.CRASH if self.worker.returncode < 0 else Outcome.ERROR, started,
-                                         f"worker main process exited with code {self.worker.returncode}",
-                                         signal=signal.Signals(-self.worker.returncode).name if self.worker.returncode < 0 else None)
-                if self._cancelled.is_set():
-                    return self._verdict(Outcome.ERROR, started, "cancelled")
-                if time.monotonic() >= deadline:
-                    return self._hang(started, RULE_DEADLINE, child_pid, snap, started_seen)
-                time.sleep(POLL_INTERVAL)
+            seen = watch_process(done, lambda: seen_child["pid"], deadline, stall=self.options.stall,
+                                 interval=POLL_INTERVAL)
+            if not seen.hung:
+                return seen.value
+            return self._hang(started, seen.rule, seen_child["pid"], seen.snapshot, seen_child["at"])
         finally:
             try:
                 result.forget() if self.broker.kind != "filesystem" else None
@@ -427,8 +422,7 @@ class ScenarioRun:
         log otherwise just stops at "Task ... received")."""
         if self.worker is None:
             return
-        text = f"{verdict.outcome.value}" + (f" {verdict.signal}" if verdict.signal else "") + \
-            (f" ({verdict.rule})" if verdict.rule else "")
+        text = verdict.outcome_text()
         lines = [f"# forksafety runner: outcome {text}, expected {verdict.expected}: {verdict.detail.splitlines()[0]}"
                  if verdict.detail else f"# forksafety runner: outcome {text}, expected {verdict.expected}"]
         if verdict.evidence and verdict.evidence.get("log"):

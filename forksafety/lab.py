@@ -14,20 +14,20 @@ Importing this module starts no thread and opens no connection.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .cases import CASE_DIR_ENV, CASES, Case, get_case
 from .check import PACKAGE_ROOT, CheckRequest, CheckRun, run_check
 from .errors import UsageError
+from .outcome import Outcome, Record, outcome_text
+from .watch import make_temp_dir
 
 
 @dataclass
@@ -51,11 +51,11 @@ class LabOptions:
 
 
 @dataclass
-class CaseRun:
-    """One run of one case: observed outcome (``HANG``, ``CRASH SIGSEGV``...),
-    the check's verdict, and details."""
+class CaseRun(Record):
+    """One run of one case: the observed outcome of the forked child (an Outcome, None
+    when the check could not run it; ``signal`` for CRASH), the check's verdict, and details."""
 
-    outcome: str | None
+    outcome: Outcome | None
     verdict: str | None
     rule: str | None = None
     detail: str = ""
@@ -66,6 +66,19 @@ class CaseRun:
     lost_threads: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     leftovers: list[int] = field(default_factory=list)  # processes the child left running, stopped by check
+    signal: str | None = None
+
+    @property
+    def observed(self) -> str | None:
+        """The outcome as the lab shows it: ``HANG``, ``CRASH SIGSEGV`` (no rule); None when nothing ran."""
+        return outcome_text(self.outcome, self.signal) if self.outcome is not None else None
+
+    def to_dict(self) -> dict:
+        """JSON-ready record; ``outcome`` is the observed text (``CRASH SIGSEGV``)."""
+        data = asdict(self)
+        data.pop("signal")
+        data["outcome"] = self.observed
+        return data
 
 
 @dataclass
@@ -78,7 +91,7 @@ class CaseResult:
     @property
     def outcomes(self) -> Counter:
         """How many runs ended in each outcome."""
-        return Counter(r.outcome or "NO RESULT" for r in self.runs)
+        return Counter(r.observed or "NO RESULT" for r in self.runs)
 
     @property
     def outcome(self) -> str:
@@ -97,7 +110,7 @@ class CaseResult:
     @property
     def outcome_right(self) -> bool:
         """Every run's outcome is one of the measured ones (crashes compared by outcome word)."""
-        return bool(self.runs) and all(r.outcome is not None and r.outcome.split()[0] in self.case.expected
+        return bool(self.runs) and all(r.outcome is not None and r.outcome.value in self.case.expected
                                        for r in self.runs)
 
     @property
@@ -117,7 +130,7 @@ class CaseResult:
                 "env": c.env, "expected_outcome": list(c.expected), "deterministic": c.deterministic,
                 "expected_verdict": c.verdict, "observed": self.outcome, "verdict": self.verdict,
                 "outcome_right": self.outcome_right, "check_right": self.check_right, "right": self.right,
-                "note": c.note, "runs": [r.__dict__ for r in self.runs]}
+                "note": c.note, "runs": [r.to_dict() for r in self.runs]}
 
 
 def select_cases(names: list[str] | None, everything: bool) -> list[Case]:
@@ -140,7 +153,7 @@ def select_cases(names: list[str] | None, everything: bool) -> list[Case]:
 
 
 def _run_once(case: Case, options: LabOptions, cancel: threading.Event | None = None) -> CaseRun:
-    scratch = Path(tempfile.mkdtemp(prefix=f"forksafety-lab-{os.getpid()}-{case.name}-"))
+    scratch = make_temp_dir("lab", case.name)
     try:
         run: CheckRun = run_check(CheckRequest(
             target=case.module, kind="module", probe=case.probe, timeout=options.timeout,
@@ -159,9 +172,9 @@ def _run_once(case: Case, options: LabOptions, cancel: threading.Event | None = 
         result.findings = [f"{f['level']} {f['title']}" for f in run.report["findings"]]
     probe = run.probe or {}
     outcome = probe.get("outcome")
-    if outcome == "CRASH" and probe.get("signal"):
-        outcome = f"CRASH {probe['signal']}"
-    result.outcome, result.rule, result.detail = outcome, probe.get("rule"), probe.get("detail", "")
+    result.outcome = Outcome(outcome) if outcome else None
+    result.signal = probe.get("signal") if result.outcome is Outcome.CRASH else None
+    result.rule, result.detail = probe.get("rule"), probe.get("detail", "")
     evidence = probe.get("evidence") or {}
     result.evidence_log = evidence.get("log")
     result.lost_threads = evidence.get("lost_threads") or []
@@ -243,8 +256,7 @@ def lab_details(results: list[CaseResult]) -> list[str]:
                 out.append(f"    error: {run.error}")
                 out += ["      " + line for line in run.detail.splitlines()[-8:]]
                 continue
-            why = f" ({run.rule})" if run.rule else ""
-            out.append(f"    observed {run.outcome}{why} in {run.seconds:.1f} s: {run.detail[:160]}")
+            out.append(f"    observed {run.outcome_text()} in {run.seconds:.1f} s: {run.detail[:160]}")
             if run.evidence_log:
                 out.append(f"    evidence: {run.evidence_log}")
             if run.leftovers:

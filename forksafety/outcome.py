@@ -74,8 +74,46 @@ def expected_outcome(pool: str, variant: str = "module-level", platform: str | N
     return table.get((pool, variant), Expected(Outcome.PASS))
 
 
+def outcome_text(outcome: Outcome | str | None, signal: str | None = None, rule: str | None = None) -> str:
+    """The one spelling of an outcome for people: ``HANG (deadlock-proven)``, ``CRASH SIGTRAP``,
+    ``PASS``; ``NO RESULT`` when nothing ran (``outcome`` None)."""
+    if outcome is None:
+        return "NO RESULT"
+    text = str(outcome) + (f" {signal}" if signal else "")
+    return text + (f" ({rule})" if rule else "")
+
+
+class Record:
+    """Base of every outcome record (``Verdict``, ``demo.DemoRecord``, ``checkrun.ProbeResult``,
+    ``lab.CaseRun``): dataclasses with ``outcome`` (an Outcome), ``signal`` (for CRASH),
+    ``rule`` (for HANG) and ``detail``; those with ``expected`` (an Expected) also get
+    ``matched``. The outcome text and the JSON shape are built here, once."""
+
+    def outcome_text(self) -> str:
+        """``HANG (deadlock-proven)``, ``CRASH SIGTRAP``, ``OK``..."""
+        return outcome_text(self.outcome, self.signal, self.rule)
+
+    @property
+    def matched(self) -> bool:
+        """True when the outcome is the expected one."""
+        return self.expected.matches(self.outcome, self.signal)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (outcome and expected as strings, ``matched`` included when
+        there is an expectation; ``seconds`` rounded to ``SECONDS_DIGITS``)."""
+        data = asdict(self)
+        data["outcome"] = self.outcome.value if self.outcome is not None else None
+        if hasattr(self, "expected"):
+            data["expected"] = str(self.expected)
+            data["matched"] = self.matched
+        data["seconds"] = round(self.seconds, self.SECONDS_DIGITS)
+        return data
+
+    SECONDS_DIGITS = 3
+
+
 @dataclass
-class Verdict:
+class Verdict(Record):
     """The record of one scenario: the one source of truth for tables, JSON and docs.
 
     seconds: wall time of the scenario, worker start to worker stopped.
@@ -97,10 +135,7 @@ class Verdict:
     evidence: dict | None = None
     extra: dict = field(default_factory=dict)
 
-    @property
-    def matched(self) -> bool:
-        """True when the outcome is the expected one."""
-        return self.expected.matches(self.outcome, self.signal)
+    SECONDS_DIGITS = 2
 
     @property
     def scenario(self) -> str:
@@ -108,12 +143,8 @@ class Verdict:
         return self.pool if self.variant == "module-level" else f"{self.pool}/{self.variant}"
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (outcome and expected as strings, ``matched`` included)."""
-        data = asdict(self)
-        data["outcome"] = self.outcome.value
-        data["expected"] = str(self.expected)
-        data["matched"] = self.matched
-        data["seconds"] = round(self.seconds, 2)
+        """JSON-ready dict (see Record.to_dict; ``verdict_seconds`` rounded to ms)."""
+        data = super().to_dict()
         if self.verdict_seconds is not None:
             data["verdict_seconds"] = round(self.verdict_seconds, 3)
         return data

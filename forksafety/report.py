@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .outcome import Verdict
+from .outcome import Verdict, outcome_text
 from .versions import package_versions, platform_record
 
 
@@ -47,15 +47,6 @@ def write_json(path: Path, record: dict) -> Path:
     return path
 
 
-def _outcome_text(v: Verdict) -> str:
-    text = v.outcome.value
-    if v.signal:
-        text += f" {v.signal}"
-    if v.rule:
-        text += f" ({v.rule})"
-    return text
-
-
 def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix", width: int = 140) -> Table:
     """A rich Table: pool, variant, outcome, expected, match, seconds and, when the
     console is at least 120 columns wide, the detail. Outcome columns never wrap or shrink."""
@@ -72,7 +63,7 @@ def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix", wi
         table.add_column("detail", overflow="ellipsis", no_wrap=True, max_width=max(20, width - 95))
     for v in verdicts:
         colour = "green" if v.matched else "red"
-        row = [v.pool, v.variant, f"[{colour}]{_outcome_text(v)}[/]", str(v.expected),
+        row = [v.pool, v.variant, f"[{colour}]{v.outcome_text()}[/]", str(v.expected),
                "yes" if v.matched else "[red]NO[/]", f"{v.seconds:.1f}"]
         if with_detail:
             row.append(v.detail.splitlines()[0] if v.detail else "")
@@ -84,7 +75,7 @@ def markdown_table(results: list[dict]) -> str:
     """The results table in Markdown (for docs/), from the JSON record's ``results``."""
     rows = ["| pool | variant | outcome | expected | match | seconds |", "|---|---|---|---|---|---|"]
     for r in results:
-        outcome = r["outcome"] + (f" {r['signal']}" if r.get("signal") else "") + (f" ({r['rule']})" if r.get("rule") else "")
+        outcome = outcome_text(r["outcome"], r.get("signal"), r.get("rule"))
         rows.append(f"| {r['pool']} | {r['variant']} | {outcome} | {r['expected']} | "
                     f"{'yes' if r['matched'] else 'NO'} | {r['seconds']:.1f} |")
     return "\n".join(rows)

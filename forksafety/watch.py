@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -109,6 +110,65 @@ class StallDetector:
         return None
 
 
+@dataclass
+class Watched:
+    """What ``watch_process`` saw: either the watched work ended (``value``: what
+    ``done`` returned), or a hang rule fired (``rule``: deadlock-proven, stalled or
+    deadline) on ``snapshot``. snapshot: the one the rule fired on, else the last
+    readable one (None when there was none). seconds: from the start of the watch."""
+
+    value: object = None
+    rule: str | None = None
+    snapshot: procinfo.ProcSnapshot | None = None
+    seconds: float = 0.0
+
+    @property
+    def hung(self) -> bool:
+        """True when a hang rule (or the deadline) decided, not the work."""
+        return self.rule is not None
+
+
+def watch_process(done: Callable[[], object], pid: Callable[[], int | None] | int | None, deadline: float,
+                  stall: float = 2.0, early_verdict: bool = True, interval: float = 0.02,
+                  pause: Callable[[float], None] | None = None) -> Watched:
+    """The one watch loop: until ``done()`` returns something other than None, look
+    at process ``pid`` (or the pid ``pid()`` returns once known) every ``interval``
+    seconds and apply the hang rules (``StallDetector(stall)``), bounded by
+    ``deadline`` (a ``time.monotonic()`` value: RULE_DEADLINE when it passes).
+
+    early_verdict: return as soon as a rule fires (a proven deadlock needs one
+    sample); False watches until the deadline and reports the first rule that fired.
+    pause: how to wait between looks (default time.sleep; a pipe's poll wakes earlier).
+    A snapshot that cannot be read (the process is gone, or a zombie) is skipped:
+    ``done`` says how it ended. Never raises for a vanished process.
+    """
+    started = time.monotonic()
+    wait = pause or time.sleep
+    detector = StallDetector(stall)
+    snap: procinfo.ProcSnapshot | None = None
+    fired: str | None = None
+    while True:
+        value = done()
+        if value is not None:
+            return Watched(value=value, snapshot=snap, seconds=time.monotonic() - started)
+        target = pid() if callable(pid) else pid
+        if target is not None:
+            try:
+                current = procinfo.snapshot(target)
+            except Exception:  # noqa: BLE001 - gone between two looks: ``done`` says how it ended
+                current = None
+            if current is not None and current.status != psutil.STATUS_ZOMBIE:
+                snap = current
+                hang = detector.feed(current)
+                if hang is not None:
+                    if early_verdict:
+                        return Watched(rule=hang.rule, snapshot=hang.snapshot, seconds=time.monotonic() - started)
+                    fired = fired or hang.rule
+        if time.monotonic() >= deadline:
+            return Watched(rule=fired or RULE_DEADLINE, snapshot=snap, seconds=time.monotonic() - started)
+        wait(interval)
+
+
 def group_alive(pgid: int) -> bool:
     """True while any process of process group ``pgid`` exists (kill(2) with signal 0)."""
     try:
@@ -127,42 +187,127 @@ def process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _gone(proc: psutil.Process) -> bool:
-    """True when ``proc`` has exited: gone, or a zombie (exited, not yet reaped; a
-    container's PID 1 may never reap the orphans it adopts)."""
+# -- stopping processes: the one family (every product stops its processes with these) --------
+#
+# Rules shared by all of them: a zombie counts as gone (it runs nothing any more; a
+# container's PID 1 may never reap the orphans it adopts), every wait is bounded,
+# and no function raises for a process that is already gone.
+
+
+def process_gone(proc: psutil.Process) -> bool:
+    """True when ``proc`` has exited: gone, or a zombie (exited, not yet reaped)."""
     try:
         return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+    except psutil.Error:
         return True
 
 
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+def pid_gone(pid: int) -> bool:
+    """``process_gone`` for a pid: True when no process ``pid`` runs (gone or a zombie)."""
+    try:
+        return process_gone(psutil.Process(pid))
+    except psutil.Error:
+        return True
+
+
+def _reap(procs: Iterable[psutil.Process]) -> None:
+    """waitpid(WNOHANG) each process that is our child and has exited (others: no-op)."""
+    for p in procs:
+        try:
+            os.waitpid(p.pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            pass
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float, reap: bool = False) -> list[psutil.Process]:
     """Wait up to ``timeout`` seconds until every process is gone or a zombie; return the others."""
     deadline = time.monotonic() + timeout
-    alive = [p for p in procs if not _gone(p)]
-    while alive and time.monotonic() < deadline:
-        _, still = psutil.wait_procs(alive, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-        alive = [p for p in still if not _gone(p)]
+    alive = [p for p in procs if not process_gone(p)]
+    while alive:
+        if reap:
+            _reap(alive)
+        alive = [p for p in alive if not process_gone(p)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
     return alive
 
 
-def stop_processes(procs: Iterable[psutil.Process], grace: float = 1.0, sig: int = signal.SIGTERM) -> list[int]:
+def stop_processes(procs: Iterable[psutil.Process], grace: float = 1.0, sig: int = signal.SIGTERM,
+                   kill_wait: float = 5.0, reap: bool = False) -> list[int]:
     """Send ``sig`` to every process, wait up to ``grace`` seconds, SIGKILL the rest,
-    and wait (bounded, 5 s) until they are gone. Zombies count as gone. Returns the
-    pids still alive (normally [])."""
-    procs = [p for p in procs if not _gone(p)]
+    and wait up to ``kill_wait`` seconds until they are gone. Zombies count as gone.
+    reap: also waitpid() those that are our own children (leave it False for a
+    process a ``subprocess.Popen`` owns: Popen must reap it to learn its exit code).
+    Returns the pids still alive (normally [])."""
+    procs = [p for p in procs if not process_gone(p)]
     for p in procs:
         try:
             p.send_signal(sig)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except psutil.Error:
             pass
-    alive = _wait_gone(procs, grace)
+    alive = _wait_gone(procs, grace, reap)
     for p in alive:
         try:
             p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except psutil.Error:
             pass
-    return [p.pid for p in _wait_gone(alive, 5.0)]
+    return [p.pid for p in _wait_gone(alive, kill_wait, reap)]
+
+
+def group_members(pgid: int, exclude: Iterable[int] = ()) -> list[psutil.Process]:
+    """The processes of process group ``pgid`` that still run (zombies left out),
+    without this process and ``exclude``. [] at once when the group is empty (kill(2) 0)."""
+    if not group_alive(pgid):
+        return []
+    skip = {os.getpid(), *exclude}
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid not in skip and os.getpgid(proc.pid) == pgid and not process_gone(proc):
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return members
+
+
+ZOMBIE_REAP_WAIT = 3.0  # seconds stop_group gives init to reap the zombies of a stopped group (measured here: ~1 s)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 2.0, sig: int = signal.SIGTERM,
+               kill_wait: float = 5.0) -> list[int]:
+    """Stop ``proc`` and every process of its process group (it leads one: started with
+    ``start_new_session``): ``sig`` to the group, up to ``grace`` seconds, then SIGKILL
+    and up to ``kill_wait`` seconds; ``sig=SIGKILL`` kills at once. Reaps ``proc``
+    (bounded, 5 s). Members that are zombies count as gone. Returns the pids of the
+    group still running (normally [])."""
+    pgid = proc.pid
+    for signum, wait in ((sig, grace), (signal.SIGKILL, kill_wait)):
+        try:
+            os.killpg(pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.send_signal(signum)  # the leader, also when it left its group
+        except (ProcessLookupError, OSError):
+            pass
+        deadline = time.monotonic() + wait
+        while True:
+            proc.poll()
+            if proc.returncode is not None and not group_members(pgid):
+                # only zombies left: give their new parent (init) a moment to reap them
+                wait_until(lambda: not group_alive(pgid), ZOMBIE_REAP_WAIT, interval=0.01)
+                return []
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        if signum == signal.SIGKILL:
+            break
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    return [p.pid for p in group_members(pgid)]
 
 
 def stop_tree(pid: int, grace: float = 1.0, sig: int = signal.SIGTERM, pgid: int | None = None) -> list[int]:
@@ -204,18 +349,21 @@ def processes_of_run(run_id: str, name: str = RUN_ID_ENV) -> list[psutil.Process
     return found
 
 
-def sweep_run(run_id: str, grace: float = 1.0, name: str = RUN_ID_ENV, rounds: int = 3) -> list[int]:
-    """Stop every process still tagged ``name=run_id`` (see processes_of_run), in up
-    to ``rounds`` passes (a process being forked during one pass is caught by the
-    next). Returns the pids that were found (normally none). Bounded: each pass
-    waits at most ``grace`` + 5 seconds."""
+def sweep_run(run_id: str, grace: float = 1.0, name: str = RUN_ID_ENV, rounds: int = 3,
+              exclude: Iterable[int] = (), reap: bool = True) -> list[int]:
+    """Stop every process still tagged ``name=run_id`` (see processes_of_run), but
+    ``exclude``, in up to ``rounds`` passes (a process being forked during one pass
+    is caught by the next). Zombies are left out (and reaped when ours, ``reap``).
+    Returns the pids that were found (normally none). Bounded: each pass waits at
+    most ``grace`` + 5 seconds."""
+    skip = set(exclude)
     found: list[int] = []
     for _ in range(rounds):
-        procs = processes_of_run(run_id, name)
+        procs = [p for p in processes_of_run(run_id, name) if p.pid not in skip and not process_gone(p)]
         if not procs:
             break
         found += [p.pid for p in procs]
-        stop_processes(procs, grace=grace)
+        stop_processes(procs, grace=grace, reap=reap)
     return found
 
 
@@ -262,17 +410,50 @@ def _creator_alive(pid: int, changed: float) -> bool:
         return True  # cannot tell: leave it
 
 
-# Temporary folders of the runner, its private redis-server and filesystem broker,
-# and of check and lab: the creating pid is group 1.
-STALE_TEMP_RE = re.compile(r"forksafety-(?:run|redis|check|lab|fsbroker-\d{8}-\d{6})-(\d+)-.+")
+# The one registry of our temporary folders: kind -> who makes it. Every one is named
+# ``forksafety-<kind>-<pid of the creating process>-<anything>`` (``make_temp_dir``),
+# so a later run can remove those whose creator is gone (remove_stale_temp_folders).
+TEMP_KINDS: dict[str, str] = {
+    "run": "the Celery runner (forksafety.harness), one per scenario",
+    "redis": "the runner's private redis-server (forksafety.broker)",
+    "fsbroker": "kombu's filesystem transport (forksafety.broker)",
+    "check": "python -m forksafety check (forksafety.check)",
+    "lab": "python -m forksafety lab (forksafety.lab), one per case",
+    "strace": "demo_crash.py --strace (forksafety.cli_demo)",
+}
 
 
-def remove_stale_temp_folders(tmp: Path | None = None) -> list[Path]:
-    """Remove our temporary folders left by processes that were killed (see
-    remove_stale_pid_folders and STALE_TEMP_RE). Returns the folders removed."""
+def temp_prefix(kind: str, pid: int | None = None) -> str:
+    """``forksafety-<kind>-<pid>-`` for a kind of TEMP_KINDS (pid: default this process).
+    Raises KeyError for a kind not in the registry."""
+    TEMP_KINDS[kind]  # noqa: B018 - an unregistered kind is a bug of ours
+    return f"forksafety-{kind}-{os.getpid() if pid is None else pid}-"
+
+
+def make_temp_dir(kind: str, label: str = "") -> Path:
+    """A new temporary folder ``forksafety-<kind>-<pid>-[<label>-]<random>`` (tempfile.mkdtemp)."""
     import tempfile
 
-    return remove_stale_pid_folders(tmp or Path(tempfile.gettempdir()), STALE_TEMP_RE)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(kind) + (f"{label}-" if label else "")))
+
+
+def stale_temp_pattern(kinds: Iterable[str] | None = None) -> re.Pattern:
+    """The pattern of our temporary folders of ``kinds`` (default: every kind of
+    TEMP_KINDS); group 1 is the creating pid."""
+    names = list(TEMP_KINDS if kinds is None else kinds)
+    return re.compile(rf"forksafety-(?:{'|'.join(map(re.escape, names))})-(\d+)-.+")
+
+
+STALE_TEMP_RE = stale_temp_pattern()
+
+
+def remove_stale_temp_folders(tmp: Path | None = None, kinds: Iterable[str] | None = None) -> list[Path]:
+    """Remove our temporary folders (of ``kinds``, default all of TEMP_KINDS) left by
+    processes that were killed (see remove_stale_pid_folders). Returns the folders removed."""
+    import tempfile
+
+    pattern = STALE_TEMP_RE if kinds is None else stale_temp_pattern(kinds)
+    return remove_stale_pid_folders(tmp or Path(tempfile.gettempdir()), pattern)
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:

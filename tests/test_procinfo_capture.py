@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from forksafety import capture, procinfo
-from forksafety.cli_demo import check_output_file
+from forksafety.cli import check_output_file
 from forksafety.demo import VARIANTS, expected_demo_outcome
 from forksafety.errors import PtraceError, UsageError
 from forksafety.outcome import Outcome
@@ -500,7 +500,7 @@ def test_check_output_file(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UsageError, match="not writable"):
         check_output_file(tmp_path / "file" / "out.json")
-    with pytest.raises(UsageError, match="is a directory"):
+    with pytest.raises(UsageError, match="is a folder"):  # one validator for every CLI (was "is a directory" here)
         check_output_file(tmp_path)
 
 
