@@ -53,6 +53,11 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line of a tool's output, or "(no output)"."""
+    return (text.strip().splitlines() or ["(no output)"])[-1]
+
+
 def read_lock(path: Path) -> dict[str, tuple[str, str | None]]:
     """Map canonical name -> (version, environment marker or None) of every locked package.
 
@@ -169,8 +174,7 @@ def check_installed(lock: Path) -> list[str]:
                           timeout=CHECK_SECONDS)
     problems.extend(line for line in done.stdout.splitlines() if line.startswith("import "))
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        problems.append(f"importing the direct dependencies failed: {last}")
+        problems.append(f"importing the direct dependencies failed: {last_line(done.stderr)}")
     return problems
 
 
@@ -190,7 +194,7 @@ def check_fresh(lock: Path, python: str) -> list[str]:
         venv = Path(tmp) / "venv"
         made = _run([python, "-m", "venv", str(venv)], VENV_SECONDS, f"{python} -m venv")
         if made.returncode != 0:
-            raise LockError(f"{python} -m venv failed: {made.stderr.strip().splitlines()[-1:]}; "
+            raise LockError(f"{python} -m venv failed: {last_line(made.stderr)}; "
                             "install the venv module (apt-get install python3-venv)")
         vpy = str(venv / "bin" / "python")
         started = time.monotonic()
