@@ -144,7 +144,7 @@ def _article(word: str) -> str:
 class ProbeResult(Record):
     """What happened when a forked child called the probe.
 
-    outcome: OK (returned), HANG (a hang rule fired or the deadline passed),
+    outcome: PASS (returned), HANG (a hang rule fired or the deadline passed),
     CRASH (killed by ``signal``), ERROR (raised, or exited non-zero).
     rule: for HANG, deadlock-proven / stalled / deadline. seconds: fork to verdict.
     evidence: lost threads, the child's state and syscall, capture file (HANG).
@@ -211,7 +211,7 @@ def probe_fork(func, args: list | dict | None, timeout: float, stall: float, cap
             result.outcome, result.detail = Outcome.CRASH, f"the child was killed by {result.signal}"
             return result
         if child.returncode == 0 and message.get("status") == "ok":
-            result.outcome, result.detail = Outcome.OK, f"returned {message.get('returned')}"
+            result.outcome, result.detail = Outcome.PASS, f"returned {message.get('returned')}"
         else:
             result.detail = message.get("error") or f"the child exited with code {child.returncode}"
             if message.get("traceback"):

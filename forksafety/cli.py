@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .errors import ForkSafetyError, Interrupted, UsageError, exit_code_of  # noqa: F401 - Interrupted: cli.Interrupted
+from .variants import resolve_variant
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -96,6 +97,20 @@ def int_range(high: int | None = None):
 
 
 positive_int = int_range()  # argparse type: an integer >= 1
+
+
+def variant_type(product: str):
+    """argparse type factory, the one validator of ``--variant``: a name (or an older alias)
+    from ``variants.VOCABULARY`` that ``product`` (``variants.CELERY`` or ``variants.DEMO``)
+    runs; returns the one spelling. The error says which product runs a name this one does not."""
+
+    def parse(text: str) -> str:
+        try:
+            return resolve_variant(text, product)
+        except UsageError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
 
 
 def path_arg(text: str) -> Path:

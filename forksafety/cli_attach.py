@@ -27,12 +27,13 @@ from .capture import (DEBUGGER_TIMEOUT, DebuggerCapture, check_ptrace_allowed, c
                       last_line, lldb_capture, lldb_catch, require_tool, write_dump)
 from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, MAX_SECONDS, Interrupted, OnceAction, Parser, check_log_dir,
                   check_output_file, fail, install_interrupt_handlers, path_arg, quiet_signals, say, seconds_type,
-                  sweep_leftovers, written)
+                  sweep_leftovers, variant_type, written)
 from .demo import DEFAULT_VARIANT, VARIANTS, DemoOptions, DemoRecord, DemoRun, expected_demo_outcome, record_json
 from .errors import ForkSafetyError, UsageError
 from .outcome import Outcome, current_platform
 from .report import write_json
 from .settings import REPO_ROOT, check_writable, load_settings
+from .variants import DEMO
 
 INSTALL = {"gdb": "install it: apt-get install gdb (Debian/Ubuntu), dnf install gdb (Fedora)",
            "lldb": "install it: apt-get install lldb (Debian/Ubuntu); on macOS: xcode-select --install"}
@@ -45,7 +46,7 @@ def build_parser(tool: str) -> Parser:
     p = Parser(prog=prog, description=f"Run the fork demo, wait until the child is stuck, attach {tool} in batch "
                f"mode and record its threads, native backtraces, registers and the futex call; then detach and "
                f"stop the child.")
-    p.add_argument("--variant", metavar="NAME", choices=list(VARIANTS), default=DEFAULT_VARIANT, action=OnceAction,
+    p.add_argument("--variant", metavar="NAME", type=variant_type(DEMO), default=DEFAULT_VARIANT, action=OnceAction,
                    help=f"demo variant (default {DEFAULT_VARIANT}); attach needs one that hangs here "
                         f"({', '.join(hang_variants()) or 'none'})"
                         + ("" if tool == "gdb" else f", catch one that crashes ({', '.join(crash_variants()) or 'none'})"))

@@ -5,8 +5,8 @@
     python -m forksafety check -A celery_examples.tasks_pool_test --probe add_documents_task --args '[["hi"]]'
     python -m forksafety lab --all
 
-check exit codes: 0 SAFE (and the probe, if any, finished OK); 1 RISK or UNSAFE,
-or a probe that did not finish OK; 2 bad usage (a --json or --log-dir path that
+check exit codes: 0 SAFE (and the probe, if any, finished PASS); 1 RISK or UNSAFE,
+or a probe that did not finish PASS; 2 bad usage (a --json or --log-dir path that
 cannot be written is reported before any work), or a target that cannot be
 imported (with the import's own error shown); 130 interrupted.
 lab exit codes: 0 every case right, 1 one was not, 2 bad usage, 130 interrupted.
@@ -52,7 +52,7 @@ def build_parser() -> Parser:
     c.add_argument("-A", "--app", metavar="APP", help="a Celery app, as for `celery -A` (proj, proj.celery:app)")
     c.add_argument("--probe", metavar="CALLABLE",
                    help="fork, then call CALLABLE in the child (a name in the target, or module:callable) "
-                        "and report OK, HANG, CRASH <signal> or ERROR")
+                        "and report PASS, HANG, CRASH <signal> or ERROR")
     c.add_argument("--args", metavar="JSON",
                    help="arguments for --probe: a JSON list (positional) or object (keywords)")
     c.add_argument("--json", type=path_arg, metavar="PATH", help="write the full record to PATH")

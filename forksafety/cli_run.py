@@ -29,11 +29,13 @@ from .cli import (
     path_arg,
     positive_float,
     positive_int,
+    variant_type,
 )
 from .errors import BrokerError, ForkSafetyError, UsageError
 from .outcome import Outcome, Verdict
 from .report import results_record, results_table, write_json
 from .settings import check_writable, load_settings
+from .variants import CELERY
 from .watch import remove_stale_pid_folders, remove_stale_temp_folders, sweep_run
 
 PROG = "run_test.py"
@@ -45,7 +47,7 @@ def build_parser() -> Parser:
                "against a task module that creates a ChromaDB store at import, and report which deadlock.")
     p.add_argument("--pool", action="append", metavar="NAME", choices=harness.POOLS,
                    help=f"pool to run (repeatable): {', '.join(harness.POOLS)}")
-    p.add_argument("--variant", action="append", metavar="NAME", choices=list(harness.VARIANTS),
+    p.add_argument("--variant", action="append", metavar="NAME", type=variant_type(CELERY),
                    help=f"prefork fix variant (repeatable): {', '.join(harness.VARIANTS)}")
     p.add_argument("--all", action="store_true", help="every pool, and every prefork variant")
     p.add_argument("--timeout", type=positive_float, default=20.0, metavar="SECONDS",

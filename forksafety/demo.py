@@ -36,9 +36,9 @@ import psutil
 
 from . import procinfo
 from .capture import Section, child_evidence, count_names
-from .errors import UsageError
 from .outcome import Expected, Outcome, Record, current_platform
 from .settings import Settings
+from .variants import ALIASES, DEMO, resolve_variant
 from .versions import package_versions, platform_record
 from .forkchild import ForkedCall
 from .watch import remove_stale_pid_folders, watch_process
@@ -79,7 +79,7 @@ class Variant:
 
 
 _HANG = Expected(Outcome.HANG)
-_OK = Expected(Outcome.OK)
+_PASS = Expected(Outcome.PASS)
 _TRAP = Expected(Outcome.CRASH, "SIGTRAP")
 
 # Linux: measured on Debian 12 x86_64 (kernel 6.18, glibc 2.36), 2 CPUs, CPython 3.11.7,
@@ -88,25 +88,25 @@ _TRAP = Expected(Outcome.CRASH, "SIGTRAP")
 # fork to the verdict). A HANG "(deadline)" is a child with threads of its own (so no
 # one-sample proof) whose main thread sat in an untimed private futex wait until the
 # deadline; one run per such variant was also given 30 s: still stuck.
-# macOS: NOT measured here (no macOS machine). "inherited" is what the original
+# macOS: NOT measured here (no macOS machine). "module-level" is what the original
 # report shows (SIGTRAP raised by libdispatch in the child); the variants that
 # hang on Linux are assumed to crash the same way; the others to finish.
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("inherited", "the bug: the parent opens the store and adds a document; the child adds "
+    Variant("module-level", "the bug: the parent opens the store and adds a document; the child adds "
             "documents with the store it inherited", "open", "inherited",
             {"linux": _HANG, "darwin": _TRAP},
             "HANG 10/10, deadlock proven (1 thread, untimed private futex wait) 0.02-0.03 s after the fork; "
             "also 3/3 with --documents 1"),
     Variant("fixed", "the fix: the parent never imports chromadb nor opens the store; the child "
             "opens it after the fork, then adds documents", "nothing", "new-same-dir",
-            {"linux": _OK, "darwin": _OK},
-            "OK 10/10 in 0.99-2.05 s (median 1.13 s: the child imports chromadb itself)"),
-    Variant("parent-never-opened", "the parent imports chromadb and langchain_chroma and builds the "
+            {"linux": _PASS, "darwin": _PASS},
+            "PASS 10/10 in 0.99-2.05 s (median 1.13 s: the child imports chromadb itself)"),
+    Variant("lazy", "the parent imports chromadb and langchain_chroma and builds the "
             "embeddings (as a task module does) but opens no store; the child opens it",
-            "import", "new-same-dir", {"linux": _OK, "darwin": _OK},
-            "OK 10/10 in 0.11-0.38 s (median 0.14 s); importing chromadb starts one thread "
+            "import", "new-same-dir", {"linux": _PASS, "darwin": _PASS},
+            "PASS 10/10 in 0.11-0.38 s (median 0.14 s); importing chromadb starts one thread "
             "(numpy's OpenBLAS pool, fork-aware), which does no harm"),
-    Variant("same-dir-new-client", "the parent opened the store; the child creates a new Chroma for the "
+    Variant("lazy-in-task", "the parent opened the store; the child creates a new Chroma for the "
             "same persist_directory (chromadb hands back the parent's cached client)", "open",
             "new-same-dir", {"linux": _HANG, "darwin": _TRAP},
             "HANG 10/10, deadlock proven 0.02-0.05 s after the fork (the 'new' client is the parent's: "
@@ -115,9 +115,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "persist_directory and adds documents", "open", "new-other-dir",
             {"linux": _HANG, "darwin": _TRAP},
             "HANG 10/10 with two documents (the child has its own 5-7 threads; its main thread waits "
-            "forever in a futex: deadline 5 s, and 30 s in one run); OK 10/10 with --documents 1 "
+            "forever in a futex: deadline 5 s, and 30 s in one run); PASS 10/10 with --documents 1 "
             "(0.05-0.11 s): a one-document test passes, a real batch hangs",
-            expected_one_document={"linux": _OK, "darwin": _OK}),
+            expected_one_document={"linux": _PASS, "darwin": _PASS}),
     Variant("clear-system-cache", "the parent opened the store; the child calls chromadb's "
             "SharedSystemClient.clear_system_cache(), then creates a new Chroma for the same folder",
             "open", "clear-cache-same-dir", {"linux": _HANG, "darwin": _TRAP},
@@ -129,10 +129,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "HANG 10/10 (deadline 5 s; 30 s in one run; 3/3 with --documents 1); closing does not stop "
             "everything: 2 tokio-rt-worker threads stay in the parent"),
 )}
-DEFAULT_VARIANT = "inherited"
+DEFAULT_VARIANT = "module-level"
 
 
-STALE_DEMO_FOLDER = re.compile(rf"demo-(?:{'|'.join(map(re.escape, VARIANTS))})-(\d+)-[a-z0-9_]+")
+# Names and their older aliases: a run killed before the rename left folders too.
+STALE_DEMO_FOLDER = re.compile(rf"demo-(?:{'|'.join(map(re.escape, [*VARIANTS, *ALIASES]))})-(\d+)-[a-z0-9_]+")
 
 
 def remove_stale_demo_folders(chroma_dir: Path) -> list[Path]:
@@ -142,11 +143,9 @@ def remove_stale_demo_folders(chroma_dir: Path) -> list[Path]:
 
 
 def get_variant(name: str) -> Variant:
-    """The Variant called ``name``; raises UsageError (listing the names) for an unknown one."""
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise UsageError(f"unknown variant {name!r}", f"use one of {', '.join(VARIANTS)}") from None
+    """The Variant called ``name`` (or an older alias of it, ``variants.ALIASES``); raises
+    UsageError (listing the demo's names) for a name the demo does not run."""
+    return VARIANTS[resolve_variant(name, DEMO)]
 
 
 def expected_demo_outcome(variant: str, platform: str | None = None,
@@ -191,8 +190,8 @@ class DemoRecord(Record):
     """Everything one demo run found: the one source for the log, the JSON and the CLI.
 
     seconds: from the fork to the verdict. child_seconds: the child's own time
-    for its action (OK runs). parent_threads: names recorded just before the fork.
-    child_threads: names at the verdict (hang) or at the end of the child's work (OK).
+    for its action (PASS runs). parent_threads: names recorded just before the fork.
+    child_threads: names at the verdict (hang) or at the end of the child's work (PASS).
     lost_threads: the parent's threads the child did not inherit: all but the
     one that called fork (fork(2)); a child may start new threads of the same names.
     child_new_threads: the child's threads other than its main one (started after the fork).
@@ -385,7 +384,7 @@ class DemoRun:
         """Wait (bounded by ``options.timeout`` seconds from the fork) for the child,
         with the one watch loop (forksafety.watch.watch_process).
 
-        Returns (outcome, rule, signal, last snapshot): OK (exit 0), ERROR (other
+        Returns (outcome, rule, signal, last snapshot): PASS (exit 0), ERROR (other
         exit code), CRASH (killed by a signal we did not send), HANG (a hang rule
         of forksafety.watch fired, or the deadline passed; the child is left
         running for the caller to inspect).
@@ -399,7 +398,7 @@ class DemoRun:
         ended: ChildResult = seen.value
         if ended.signal:
             return Outcome.CRASH, None, ended.signal, seen.snapshot
-        return (Outcome.OK if ended.exit_code == 0 else Outcome.ERROR), None, None, seen.snapshot
+        return (Outcome.PASS if ended.exit_code == 0 else Outcome.ERROR), None, None, seen.snapshot
 
     def refresh(self, snap: procinfo.ProcSnapshot | None) -> procinfo.ProcSnapshot | None:
         """A fresh snapshot of the child, or ``snap`` when it cannot be read."""
@@ -449,7 +448,7 @@ class DemoRun:
                           f"thread(s), the parent had {len(self.parent_threads)}")
             if rec.syscall:
                 rec.detail += f"; blocked in {rec.syscall}"
-        elif outcome is Outcome.OK:
+        elif outcome is Outcome.PASS:
             rec.exit_code = 0
             rec.child_threads = sorted(report.get("threads", []))
             rec.child_seconds = report.get("seconds")

@@ -27,6 +27,7 @@ from .broker import Broker
 from .errors import UsageError
 from .outcome import Expected, Outcome, Verdict, expected_outcome
 from .settings import REPO_ROOT, Settings
+from .variants import CELERY, resolve_variant
 from .watch import (RULE_DEADLINE, RUN_ID_ENV, SCENARIO_ENV, group_alive, make_temp_dir, pdeathsig_preexec, stop_tree,
                     sweep_run, wait_until, watch_process)
 
@@ -54,8 +55,7 @@ def make_scenario(pool: str, variant: str = "module-level", concurrency: int = 1
     """The Scenario for ``pool`` / ``variant`` (raises UsageError for an unknown one)."""
     if pool not in POOLS:
         raise UsageError(f"unknown pool {pool!r}", f"use one of {', '.join(POOLS)}")
-    if variant not in VARIANTS:
-        raise UsageError(f"unknown variant {variant!r}", f"use one of {', '.join(VARIANTS)}")
+    variant = resolve_variant(variant, CELERY)
     if variant != "module-level" and pool != "prefork":
         raise UsageError(f"variant {variant!r} applies to the prefork pool only, not to --pool {pool}",
                          f"run --pool {pool} and the prefork variants separately")

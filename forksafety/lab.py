@@ -3,7 +3,7 @@
 
 For each case, one fresh interpreter (``forksafety.check.run_check``) imports the
 case module, runs the check on it (the *verdict*), forks, and calls the case's
-``use()`` in the child with a bounded wait (the *observed outcome*: OK, HANG,
+``use()`` in the child with a bounded wait (the *observed outcome*: PASS, HANG,
 CRASH <signal>, ERROR). A case is *right* when the observed outcome is the
 measured one and the verdict is the expected one: UNSAFE or RISK for every case
 that hangs or crashes, SAFE for every control. ``agreement`` gives the figure
@@ -95,7 +95,7 @@ class CaseResult:
 
     @property
     def outcome(self) -> str:
-        """The outcome of the runs, e.g. ``HANG``, or ``OK 3, ERROR 2`` when they differ."""
+        """The outcome of the runs, e.g. ``HANG``, or ``PASS 3, ERROR 2`` when they differ."""
         counts = self.outcomes
         if len(counts) == 1:
             return next(iter(counts))

@@ -15,19 +15,28 @@ from dataclasses import asdict, dataclass, field
 class Outcome(str, enum.Enum):
     """What happened to the work.
 
-    PASS: the task returned what it added. OK: a forked child (demo, probe) exited 0.
-    HANG: it never finished (by a hang rule or the deadline).
+    PASS: the work finished: the task returned what it added, or a forked child (demo,
+    probe, lab case) exited 0. HANG: it never finished (by a hang rule or the deadline).
     CRASH: the process died by a signal. ERROR: the task raised, or the set-up failed.
+
+    Success has one spelling, ``PASS``, in every product. ``OK`` (the demo's and the
+    checker's spelling before 2026-12) is kept as an alias: ``Outcome.PASS is Outcome.PASS``,
+    and ``Outcome("OK")`` reads an old JSON file's value as PASS.
     """
 
     PASS = "PASS"
-    OK = "OK"
+    OK = "PASS"  # alias of PASS (same value), for code written against the old spelling
     HANG = "HANG"
     CRASH = "CRASH"
     ERROR = "ERROR"
 
     def __str__(self) -> str:
         return self.value
+
+    @classmethod
+    def _missing_(cls, value: object) -> "Outcome | None":
+        """``Outcome("OK")``: the old spelling of PASS (see the class docstring)."""
+        return cls.PASS if value == "OK" else None
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ class Record:
     ``matched``. The outcome text and the JSON shape are built here, once."""
 
     def outcome_text(self) -> str:
-        """``HANG (deadlock-proven)``, ``CRASH SIGTRAP``, ``OK``..."""
+        """``HANG (deadlock-proven)``, ``CRASH SIGTRAP``, ``PASS``..."""
         return outcome_text(self.outcome, self.signal, self.rule)
 
     @property

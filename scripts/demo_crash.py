@@ -2,7 +2,7 @@
 """The fork demo without Celery: open a ChromaDB store, fork, and watch the child.
 
     python scripts/demo_crash.py                 # the bug: the child hangs (Linux) / SIGTRAP (macOS)
-    python scripts/demo_crash.py --fixed         # the store is created only in the child: OK
+    python scripts/demo_crash.py --fixed         # the store is created only in the child: PASS
     python scripts/demo_crash.py --variant other-dir --json crash_dumps/demo.json
     python scripts/demo_crash.py --list          # the variants and their expected outcomes
     python scripts/demo_crash.py --strace        # the same under strace -f -tt

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run the fork demo, wait until the child is stuck, and record it with gdb.
 
-    python scripts/gdb_attach_child.py                       # the bug (variant inherited)
-    python scripts/gdb_attach_child.py --variant same-dir-new-client --json crash_dumps/gdb.json
+    python scripts/gdb_attach_child.py                       # the bug (variant module-level)
+    python scripts/gdb_attach_child.py --variant lazy-in-task --json crash_dumps/gdb.json
     python scripts/gdb_attach_child.py --python-stack pystack  # skip gdb's py-bt
 
 Records info threads, thread apply all bt, the Python stack (py-bt, else pystack

@@ -167,7 +167,7 @@ def test_json_record(tmp_path):
 def test_probe_ok_exits_0():
     done = forksafety("check", "forksafety.cases.plain", "--probe", "use")
     assert done.returncode == 0, done.stderr
-    assert "Probe: use() in a forked child: OK" in done.stdout
+    assert "Probe: use() in a forked child: PASS" in done.stdout
 
 
 def test_probe_hang_is_proven_with_evidence(tmp_path):
@@ -322,7 +322,7 @@ def test_probe_whose_children_keep_running_ends_at_once_and_stops_them(tmp_path)
                       cwd=tmp_path, env={"FS_TEST_MARK": mark})
     assert time.monotonic() - started < 15  # it waited ~90 s for end-of-file on the result pipe
     assert done.returncode == 0, done.stderr
-    assert "Probe: spawn() in a forked child: OK" in done.stdout and "returned 1" in done.stdout
+    assert "Probe: spawn() in a forked child: PASS" in done.stdout and "returned 1" in done.stdout
     assert "note: the probe left 3 processes running" in done.stdout
     assert len(json.loads(record.read_text())["probe"]["leftovers"]) == 3
     assert tagged_processes("FS_TEST_MARK", mark) == []
@@ -462,7 +462,7 @@ def test_import_that_hangs_is_reported_and_killed(tmp_path):
 
 @pytest.mark.parametrize("case, env, expect", [
     ("grpc_channel", {"GRPC_ENABLE_FORK_SUPPORT": "0"}, "in a forked child: HANG (deadline)"),
-    ("redis_client", {}, "in a forked child: OK"),
+    ("redis_client", {}, "in a forked child: PASS"),
 ])
 def test_every_process_of_a_check_is_gone_afterwards(case, env, expect, tmp_path):
     mark = uuid.uuid4().hex

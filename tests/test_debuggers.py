@@ -50,7 +50,7 @@ def test_gdb_records_the_stuck_child(tmp_path):
     rec = json.loads((tmp_path / "gdb.json").read_text())
     assert rec["capture_ok"] and rec["gdb"]["detached"] and rec["outcome"] == "HANG"
     log = Path(rec["log"])
-    assert log.parent == tmp_path / "logs" and log.name.startswith("gdb_inherited_")
+    assert log.parent == tmp_path / "logs" and log.name.startswith("gdb_module-level_")
     text = log.read_text()
     assert_header(text)
     assert "LWP" in _section(text, "gdb: info threads")
@@ -125,7 +125,7 @@ def test_ptrace_refused_is_one_clear_error(tmp_path):
     ("lldb_attach_child.py", ["--lldb", "/nonexistent/lldb"], "lldb is not installed"),
     ("gdb_attach_child.py", ["--variant", "fixed"], "no stuck child to attach to"),
     ("lldb_attach_child.py", ["--timeout", "0"], "must be a positive number"),
-    ("gdb_attach_child.py", ["--variant", "nope"], "invalid choice"),
+    ("gdb_attach_child.py", ["--variant", "nope"], "unknown variant 'nope'"),
     # a debugger that cannot be started is a set-up error, said on the console with its reason
     ("gdb_attach_child.py", ["--gdb", "{file}"], "could not run gdb ({file}): Permission denied"),
     ("lldb_attach_child.py", ["--lldb", "{garbage}"], "could not run lldb ({garbage}): Exec format error"),
@@ -178,7 +178,7 @@ def test_lldb_records_the_stuck_childs_backtrace(tmp_path):
     rec = json.loads((tmp_path / "lldb.json").read_text())
     assert rec["capture_ok"] and rec["lldb"]["detached"]
     log = Path(rec["log"])
-    assert log.name.startswith("lldb_inherited_")
+    assert log.name.startswith("lldb_module-level_")
     text = log.read_text()
     assert_header(text)
     assert f"tid = {rec['child_pid']}" in _section(text, "lldb: thread list")

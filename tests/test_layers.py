@@ -21,7 +21,7 @@ FOUNDATION, MECHANICS, PRODUCTS, ENTRY = 1, 2, 3, 4
 # top-level name under forksafety -> (layer, product group or None)
 LAYERS: dict[str, tuple[int, str | None]] = {
     # 1 foundation
-    "__init__": (FOUNDATION, None), "errors": (FOUNDATION, None), "outcome": (FOUNDATION, None),
+    "__init__": (FOUNDATION, None), "errors": (FOUNDATION, None), "outcome": (FOUNDATION, None), "variants": (FOUNDATION, None),
     "procinfo": (FOUNDATION, None), "origins": (FOUNDATION, None), "settings": (FOUNDATION, None),
     "versions": (FOUNDATION, None),
     # 2 mechanics

@@ -387,8 +387,10 @@ def test_stale_folders_are_removed_only_when_ours_and_their_pid_is_gone(tmp_path
     from tests.demo_helpers import dead_pid
 
     gone = dead_pid()
-    stale = [tmp_path / f"demo-inherited-{gone}-ab_12xyz", tmp_path / f"demo-same-dir-new-client-{gone}-q1w2e3r4"]
-    kept = [tmp_path / f"demo-inherited-{os.getpid()}-ab12xyz",  # a run still going
+    stale = [tmp_path / f"demo-module-level-{gone}-zz9", tmp_path / f"demo-lazy-in-task-{gone}-q1w2e3r4",
+             # names from before the one vocabulary (variants.ALIASES): killed runs left those too
+             tmp_path / f"demo-inherited-{gone}-ab_12xyz", tmp_path / f"demo-same-dir-new-client-{gone}-q1w2e3r4"]
+    kept = [tmp_path / f"demo-module-level-{os.getpid()}-ab12xyz",  # a run still going
             tmp_path / "demo-inherited-kept-ab12xyz",  # --keep-data
             tmp_path / "demo-inherited-o42l1rap",  # old naming: cannot tell, left alone
             tmp_path / f"demo-no-such-variant-{gone}-ab12xyz",  # not our pattern
@@ -488,9 +490,9 @@ def test_every_variant_has_an_expectation_per_platform():
     for name, v in VARIANTS.items():
         assert set(v.expected) >= {"linux", "darwin"}, name
         assert v.measured, name
-    assert expected_demo_outcome("inherited", "linux").outcome is Outcome.HANG
+    assert expected_demo_outcome("module-level", "linux").outcome is Outcome.HANG
     assert str(expected_demo_outcome("inherited", "darwin")) == "CRASH SIGTRAP"
-    assert expected_demo_outcome("fixed", "linux").outcome is Outcome.OK
+    assert expected_demo_outcome("fixed", "linux").outcome is Outcome.PASS
     with pytest.raises(UsageError, match="unknown variant"):
         expected_demo_outcome("nope")
 

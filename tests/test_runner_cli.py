@@ -27,7 +27,7 @@ CASES = {
     "negative-timeout": (["--all", "--timeout", "-1"], {}, "must be a positive number of seconds"),
     "text-timeout": (["--all", "--timeout", "soon"], {}, "is not a number of seconds"),
     "zero-concurrency": (["--all", "--concurrency", "0"], {}, "must be 1 or more"),
-    "unknown-variant": (["--variant", "lazier"], {}, "argument --variant: invalid choice: 'lazier'"),
+    "unknown-variant": (["--variant", "lazier"], {}, "argument --variant: unknown variant 'lazier': use one of module-level"),
     "unknown-broker": (["--all", "--broker", "rabbit"], {}, "argument --broker: invalid choice"),
     "unknown-provider": (["--all"], {"PROVIDER": "cohere"}, "unknown PROVIDER 'cohere'"),
     "missing-key": (["--all"], {"PROVIDER": "openai", "API_KEY": ""}, "PROVIDER=openai needs an API key"),

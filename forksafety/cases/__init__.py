@@ -12,7 +12,7 @@ Expected outcomes are what this repository *measured* with the pinned versions
 on Linux x86_64 (2 cores, Python 3.11.7, grpcio 1.85.3, chromadb 1.5.9,
 tokenizers 0.23.3, numpy 2.4.6, redis 8.1.0), with
 ``python -m forksafety lab --all --repeat 10`` (the counts are in each case's
-note; controls: OK 10/10). A case whose outcome was not the same on every run
+note; controls: PASS 10/10). A case whose outcome was not the same on every run
 lists every outcome seen, and the tests assert only its verdict.
 """
 
@@ -40,7 +40,7 @@ class Case:
     """One case of the corpus.
 
     module: the case module (imported in a fresh interpreter). probe: the callable
-    the forked child calls. expected: the outcome(s) measured (OK, HANG, CRASH,
+    the forked child calls. expected: the outcome(s) measured (PASS, HANG, CRASH,
     ERROR); more than one means it was not the same on every run.
     verdict: what ``check`` must say (SAFE for every control).
     env: environment switches of the library under test (None: make sure it is unset).
@@ -62,7 +62,7 @@ class Case:
         return len(self.expected) == 1
 
     def expected_text(self) -> str:
-        """``HANG``, or ``OK|ERROR`` for a case that is not deterministic."""
+        """``HANG``, or ``PASS|ERROR`` for a case that is not deterministic."""
         return "|".join(self.expected)
 
 
@@ -89,33 +89,33 @@ CASES: tuple[Case, ...] = (
               "drives it"),
     Case("grpc-fork-support-on", _P + "grpc_channel",
          "gRPC channel used before the fork (loopback server), GRPC_ENABLE_FORK_SUPPORT=1",
-         ("OK", "ERROR"), "RISK", env={"GRPC_ENABLE_FORK_SUPPORT": "1"},
-         note="OK 18, ERROR 5 in 23 runs, not deterministic: gRPC restarts its threads in the child; the "
+         ("PASS", "ERROR"), "RISK", env={"GRPC_ENABLE_FORK_SUPPORT": "1"},
+         note="PASS 18, ERROR 5 in 23 runs, not deterministic: gRPC restarts its threads in the child; the "
               "inherited channel works or fails with UNAVAILABLE (sendmsg: Wrong file descriptor generation)"),
     Case("grpc-default", _P + "grpc_channel",
          "gRPC channel used before the fork (loopback server), fork support switch unset",
-         ("OK", "ERROR"), "UNSAFE", env={"GRPC_ENABLE_FORK_SUPPORT": None},
-         note="OK 18, ERROR 5 in 23 runs, not deterministic: grpcio 1.85.3 leaves Python fork support off "
+         ("PASS", "ERROR"), "UNSAFE", env={"GRPC_ENABLE_FORK_SUPPORT": None},
+         note="PASS 18, ERROR 5 in 23 runs, not deterministic: grpcio 1.85.3 leaves Python fork support off "
               "(cygrpc.is_fork_support_enabled() is False) yet does not hang here; the call works or fails "
               "with UNAVAILABLE"),
     Case("sqlite-connection", _P + "sqlite_conn",
          "stdlib sqlite3 connection opened (and written) before the fork",
-         ("OK",), "RISK",
-         note="OK 10/10: nothing hangs; the danger is locks and corruption (sqlite.org howtocorrupt 2.6)"),
-    Case("plain-module", _P + "plain", "a plain module: constants and functions", ("OK",), "SAFE", control=True),
+         ("PASS",), "RISK",
+         note="PASS 10/10: nothing hangs; the danger is locks and corruption (sqlite.org howtocorrupt 2.6)"),
+    Case("plain-module", _P + "plain", "a plain module: constants and functions", ("PASS",), "SAFE", control=True),
     Case("finished-thread", _P + "finished_thread", "a thread that ran at import and has finished",
-         ("OK",), "SAFE", control=True),
+         ("PASS",), "SAFE", control=True),
     Case("stdlib-logging", _P + "logging_setup", "stdlib logging configured and used before the fork",
-         ("OK",), "SAFE", control=True,
+         ("PASS",), "SAFE", control=True,
          note="logging re-creates its locks in the child (os.register_at_fork)"),
     Case("redis-client", _P + "redis_client", "redis-py client used before the fork (private redis-server)",
-         ("OK",), "SAFE", control=True, note="redis-py's pool checks the pid and reconnects in the child"),
+         ("PASS",), "SAFE", control=True, note="redis-py's pool checks the pid and reconnects in the child"),
     Case("numpy-openblas", _P + "numpy_blas", "numpy matrix product before the fork (OpenBLAS thread pool)",
-         ("OK",), "SAFE", control=True, note="OpenBLAS shuts its pool down at fork (pthread_atfork)"),
+         ("PASS",), "SAFE", control=True, note="OpenBLAS shuts its pool down at fork (pthread_atfork)"),
     Case("tokenizers-default", _P + "tokenizers_batch",
          "Hugging Face tokenizers batch encoding before the fork, TOKENIZERS_PARALLELISM unset",
-         ("OK",), "SAFE", control=True, env={"TOKENIZERS_PARALLELISM": None},
-         note="OK 10/10: tokenizers turns its parallelism off in the child (pthread_atfork)"),
+         ("PASS",), "SAFE", control=True, env={"TOKENIZERS_PARALLELISM": None},
+         note="PASS 10/10: tokenizers turns its parallelism off in the child (pthread_atfork)"),
     Case("tokenizers-parallelism-true", _P + "tokenizers_batch",
          "Hugging Face tokenizers batch encoding before the fork, TOKENIZERS_PARALLELISM=true",
          ("HANG",), "UNSAFE", env={"TOKENIZERS_PARALLELISM": "true"},
@@ -123,7 +123,7 @@ CASES: tuple[Case, ...] = (
               "for Rayon threads that are gone"),
     Case("tokenizers-parallelism-false", _P + "tokenizers_batch",
          "Hugging Face tokenizers batch encoding before the fork, TOKENIZERS_PARALLELISM=false",
-         ("OK",), "SAFE", control=True, env={"TOKENIZERS_PARALLELISM": "false"},
+         ("PASS",), "SAFE", control=True, env={"TOKENIZERS_PARALLELISM": "false"},
          note="no thread pool at all"),
 )
 

@@ -3,7 +3,7 @@
 sqlite.org, "How To Corrupt An SQLite Database File", section 2.6: do not
 carry an open database connection across a fork(); POSIX advisory locks are
 not inherited, so parent and child can both believe they hold them. Nothing
-hangs: the measured outcome is OK, the verdict RISK.
+hangs: the measured outcome is PASS, the verdict RISK.
 
 WARNING: importing this module opens a database file (on purpose).
 """

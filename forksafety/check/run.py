@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ForkSafetyError
+from ..outcome import Outcome
 from .inspection import Safety
 from .tracking import module_file
 
@@ -69,7 +70,7 @@ class CheckRun:
     itself died); "cancelled".
     error: one-line summary; error_detail: the import's own traceback, or the
     stack where a timed-out import hangs.
-    report: ``Report.to_dict()``; probe: the probe record (outcome OK, HANG,
+    report: ``Report.to_dict()``; probe: the probe record (outcome PASS, HANG,
     CRASH, ERROR, signal, rule, detail, evidence, leftovers: pids of processes
     the probe left running, which were stopped).
     import_seconds: time the target's import took in the runner; seconds: wall time.
@@ -92,13 +93,13 @@ class CheckRun:
 
     @property
     def exit_code(self) -> int:
-        """0 SAFE (and a probe, if any, OK); 1 RISK/UNSAFE or a probe that did not
-        finish OK; 2 the target could not be imported or inspected."""
+        """0 SAFE (and a probe, if any, PASS); 1 RISK/UNSAFE or a probe that did not
+        finish PASS; 2 the target could not be imported or inspected."""
         if self.status != "ok" or self.report is None:
             return 2
         if self.verdict is not Safety.SAFE:
             return 1
-        if self.probe is not None and self.probe.get("outcome") != "OK":
+        if self.probe is not None and self.probe.get("outcome") != Outcome.PASS.value:
             return 1
         return 0
 
