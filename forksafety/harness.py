@@ -353,7 +353,10 @@ class ScenarioRun:
                 return self._verdict(Outcome.ERROR, started, text[:500], child_pid=child_pid,
                                      verdict_seconds=self._since(started_seen))
             if state == "STARTED" and child_pid is None:
-                info = result.info if isinstance(result.info, dict) else {}
+                # result.info reads the backend each time: read it once, or the state can
+                # move on between the type check and the use (a race seen under load).
+                raw = result.info
+                info = raw if isinstance(raw, dict) else {}
                 if isinstance(info.get("pid"), int):
                     seen_child["pid"], seen_child["at"] = info["pid"], time.monotonic()
                     self.progress(s.name, f"running in pid {info['pid']}")
