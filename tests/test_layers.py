@@ -94,9 +94,13 @@ def imports() -> dict[str, list[tuple[str, list[str], bool, int]]]:
                 if not target.startswith("forksafety"):
                     continue
                 names = [a.name for a in node.names]
-                if node.module is None:  # from . import procinfo: each name is a module
+                if node.module is None:  # from . import procinfo: each name is a module, or a name of the package
+                    folder = PACKAGE.parent.joinpath(*target.split("."))
                     for name in names:
-                        edges.append((f"{target}.{name}", [], lazy, node.lineno))
+                        if (folder / f"{name}.py").exists() or (folder / name / "__init__.py").exists():
+                            edges.append((f"{target}.{name}", [], lazy, node.lineno))
+                        else:  # from . import __version__: a name of the package's __init__
+                            edges.append((target, [name], lazy, node.lineno))
                 else:
                     edges.append((target, names, lazy, node.lineno))
         found[mod] = edges
