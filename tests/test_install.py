@@ -1,5 +1,6 @@
 """The tool as users install it: a wheel and an sdist built from this checkout with
-``python -m build``, installed with pip into venvs that are not the harness's.
+``python -m build --no-isolation`` (the build tooling of requirements.lock), installed
+with pip into venvs that are not the harness's.
 
 * a fresh venv (none of the harness's dependencies): ``forksafety --version``,
   ``check`` on a module-level ThreadPoolExecutor says UNSAFE and its ``--probe``
@@ -9,7 +10,11 @@
 * a venv that already holds other versions of celery and chromadb than the
   harness's: installing the wheel changes none of them, and ``check -A`` works there.
 
-Real pip installs (this machine's package index); every subprocess is bounded.
+Real pip installs, made deterministic: pip resolves our wheel's ``psutil>=5.9`` against
+a local wheelhouse holding the locked, hash-checked psutil (``--no-index --find-links``),
+and the other celery and chromadb come from a wheelhouse downloaded once and kept in
+~/.cache/forksafety (skipped, saying so, when that first download cannot reach the
+registry). Every subprocess is bounded.
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from forksafety.docs_tool import build_dists, cache_folder, locked_wheelhouse
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")]
 
-PIP_TIMEOUT = 600  # seconds a pip install may take (downloads)
+PIP_TIMEOUT = 600  # seconds a pip download may take (the first run fills the wheelhouse)
+INSTALL_TIMEOUT = 180  # seconds a pip install from a local wheelhouse may take
+UNREACHABLE = ("Failed to establish a new connection", "Temporary failure in name resolution", "Network is unreachable",
+               "Could not fetch URL", "Max retries exceeded", "No route to host", "timed out")
 OTHER_CELERY, OTHER_CHROMADB = "5.6.3", "1.3.4"  # the harness locks celery 5.7.0, chromadb 1.5.9
 
 TASKS = '''
@@ -101,29 +109,59 @@ def world():
 
 @pytest.fixture(scope="session")
 def dists(world) -> tuple[Path, Path]:
-    """(wheel, sdist) built by `python -m build` from a copy of the checkout's package files."""
-    src = world / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "forksafety", src / "forksafety", ignore=shutil.ignore_patterns("__pycache__"))
-    tools = make_venv(world / "tools")
-    out = run([tools, "-m", "pip", "install", "--quiet", "build"], timeout=PIP_TIMEOUT)
-    assert out.returncode == 0, out.stderr
-    out = run([tools, "-m", "build", "--sdist", "--wheel", "--outdir", world / "dist", src], timeout=PIP_TIMEOUT)
-    assert out.returncode == 0, out.stdout + out.stderr
-    (wheel,) = (world / "dist").glob("forksafety-*.whl")
-    (sdist,) = (world / "dist").glob("forksafety-*.tar.gz")
+    """(wheel, sdist) built by ``python -m build --no-isolation`` from a copy of the checkout's package files."""
+    wheel, sdist = build_dists(world)
     return wheel, sdist
 
 
 @pytest.fixture(scope="session")
-def fresh(world, dists) -> Path:
-    """A fresh venv with only the wheel and what it requires."""
+def wheelhouse() -> Path:
+    """The locked, hash-checked psutil wheel (forksafety.docs_tool.locked_wheelhouse)."""
+    try:
+        return locked_wheelhouse()
+    except RuntimeError as exc:
+        if any(word in str(exc) for word in UNREACHABLE):
+            pytest.skip(f"the package registry is unreachable and the locked psutil wheel is not cached yet: {exc}")
+        raise
+
+
+def install(python: Path, *args, find_links: list[Path]) -> subprocess.CompletedProcess:
+    """``pip install --no-index --find-links ...``: pip resolves for real, against local wheels only."""
+    links = [arg for folder in find_links for arg in ("--find-links", folder)]
+    return run([python, "-m", "pip", "install", "--quiet", "--no-index", *links, *args], timeout=INSTALL_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def fresh(world, dists, wheelhouse) -> Path:
+    """A fresh venv with only the wheel and what it requires (psutil, resolved from the wheelhouse)."""
     python = make_venv(world / "fresh")
-    out = run([python, "-m", "pip", "install", "--quiet", dists[0]], timeout=PIP_TIMEOUT)
+    out = install(python, dists[0], find_links=[wheelhouse])
     assert out.returncode == 0, out.stderr
     return python
+
+
+def other_versions_wheelhouse(python: Path) -> Path:
+    """Wheels of celery OTHER_CELERY (with its dependencies) and chromadb OTHER_CHROMADB (alone:
+    what matters is what our install changes, not chromadb's ~60 dependencies), downloaded once by
+    ``python``'s pip into ~/.cache/forksafety and reused (a stamp file marks a complete download).
+    Skips the test, saying so, when the registry cannot be reached for that first download."""
+    folder = cache_folder() / f"wheelhouse-celery{OTHER_CELERY}-chromadb{OTHER_CHROMADB}"
+    stamp = folder / "complete"
+    if stamp.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for args in (["celery==" + OTHER_CELERY], ["--no-deps", "chromadb==" + OTHER_CHROMADB]):
+        try:
+            out = run([python, "-m", "pip", "download", "--quiet", "--only-binary", ":all:", "--dest", folder, *args],
+                      timeout=PIP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"downloading {args[-1]} took over {PIP_TIMEOUT} s: the registry is unreachable or slow")
+        if out.returncode != 0 and any(word in out.stderr for word in UNREACHABLE):
+            pytest.skip(f"the package registry is unreachable to download {args[-1]}: "
+                        f"{out.stderr.strip().splitlines()[-1]}")
+        assert out.returncode == 0, out.stderr
+    stamp.write_text(f"celery=={OTHER_CELERY} chromadb=={OTHER_CHROMADB}\n")
+    return folder
 
 
 def test_wheel_and_sdist_hold_the_package_and_its_data(dists):
@@ -210,15 +248,15 @@ def test_inspect_refuses_a_process_user_nobody_may_not_trace(fresh, world):
     assert "sudo forksafety inspect PID" in out.stderr
 
 
-def test_install_into_an_app_with_other_celery_and_chromadb_changes_nothing(world, dists, tmp_path):
+def test_install_into_an_app_with_other_celery_and_chromadb_changes_nothing(world, dists, wheelhouse, tmp_path):
     python = make_venv(world / "app")
-    # chromadb without its ~60 dependencies: what matters here is what our install changes
+    others = other_versions_wheelhouse(python)
     for args in (["celery==" + OTHER_CELERY], ["--no-deps", "chromadb==" + OTHER_CHROMADB]):
-        out = run([python, "-m", "pip", "install", "--quiet", *args], timeout=PIP_TIMEOUT)
+        out = install(python, *args, find_links=[others])
         assert out.returncode == 0, out.stderr
     before = versions(python)
     assert before["celery"] == OTHER_CELERY and before["chromadb"] == OTHER_CHROMADB
-    out = run([python, "-m", "pip", "install", "--quiet", dists[0]], timeout=PIP_TIMEOUT)
+    out = install(python, dists[0], find_links=[wheelhouse, others])
     assert out.returncode == 0, out.stderr
     after = versions(python)
     assert {name: after.get(name) for name in before} == before

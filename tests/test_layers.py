@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     # 4 entry points
     "cli": (ENTRY, None), "__main__": (ENTRY, None), "bootstrap": (ENTRY, None),
     "pytest_plugin": (ENTRY, None),  # pytest's entry point (pytest11): lazily the guard, nothing else
+    "docs_tool": (ENTRY, None),  # make docs' captures of the installed tool, its wheel build (runs our CLIs)
 }
 # Product -> product imports allowed -> whether they must be lazy (inside a function).
 # DESIGN.md: app -> guard, lazy (the Celery hook). The modules that demonstrate the bug
