@@ -15,13 +15,17 @@ Importing this module starts no thread and opens no connection.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .settings import REPO_ROOT
@@ -70,6 +74,32 @@ def test_fork_alone():
         os._exit(0)
     os.waitpid(pid, 0)
 '''
+
+
+@contextlib.contextmanager
+def lock_deadlocked_child(python: str | Path = PY, timeout: float = 10.0) -> Iterator[int]:
+    """Run LOCK_DEADLOCK_CHILD with ``python`` (in a session of its own) and yield the
+    forked child's pid once it is a proven deadlock (``watch.watch_process``: one thread,
+    an untimed private futex wait). Parent and child are stopped on every path
+    (``watch.stop_group``). Raises RuntimeError when the child is not a proven deadlock
+    within ``timeout`` seconds."""
+    from .watch import RULE_PROVEN, stop_group, watch_process
+
+    parent = subprocess.Popen([str(python), "-c", LOCK_DEADLOCK_CHILD], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        ready, _, _ = select.select([parent.stdout], [], [], timeout)
+        line = parent.stdout.readline() if ready else ""
+        if not line.strip().isdigit():
+            raise RuntimeError(f"the lock-deadlock parent printed no child pid within {timeout:g} s")
+        child = int(line)
+        seen = watch_process(lambda: parent.poll(), child, time.monotonic() + timeout)
+        if seen.rule != RULE_PROVEN:
+            raise RuntimeError(f"child {child} is not a proven deadlock after {seen.seconds:.1f} s ({seen.rule})")
+        yield child
+    finally:
+        parent.stdin.close()
+        stop_group(parent, grace=2.0)
 
 
 def package_source(folder: Path) -> Path:
