@@ -255,22 +255,26 @@ def _fixes(names: list[str]) -> list[tuple[str, str, str]]:
 
 
 def _stack_lines(sections: list[capture.Section]) -> list[str]:
-    """One line per stack tool section: ``py-spy: ok`` or why it gave nothing, with the fix."""
-    lines = []
+    """One line per stack tool: ``py-spy: recorded`` when one of its runs succeeded (capture.python_stacks
+    retries py-spy without --native), else why it gave nothing, with the fix."""
+    lines: dict[str, str] = {}
     for title, body in sections:
         tool = title.split(":", 1)[0]
         text = body if isinstance(body, str) else "\n".join(body)
         if title.endswith("(exit 0)"):
-            lines.append(f"{tool}: recorded (Python and native frames) in the capture file")
+            frames = "Python and native frames" if "--native" in title else "Python frames"
+            lines[tool] = f"{tool}: recorded ({frames}) in the capture file"
+            continue
+        if tool in lines and "recorded" in lines[tool]:
             continue
         refused = capture.ptrace_refusal(text, tool)
         if refused is not None:
-            lines.append(f"{tool}: skipped: {refused}")
+            lines[tool] = f"{tool}: skipped: {refused}"
         elif "is not installed" in text:
-            lines.append(f"{tool}: skipped: not installed: pip install 'forksafety[stack]'")
+            lines[tool] = f"{tool}: skipped: not installed: pip install 'forksafety[stack]'"
         else:
-            lines.append(f"{tool}: failed: {capture.last_line(text)[:200]}")
-    return lines
+            lines[tool] = f"{tool}: failed: {capture.last_line(text)[:200]}"
+    return list(lines.values())
 
 
 def write_capture(result: Inspection, log_dir: Path, command: list[str] | None = None) -> Path:
