@@ -99,6 +99,23 @@ def test_healthy_processes_are_not_stuck_with_the_reason(healthy, tmp_path):
         assert p.poll() is None  # untouched
 
 
+def test_two_threads_waiting_for_each_other_forever_are_stalled(tmp_path):
+    # both threads in an untimed futex wait, no CPU: not provable from one look (two threads), so the
+    # 'stalled' rule decides it over the window
+    code = ("import threading; e = threading.Event(); threading.Thread(target=e.wait).start(); "
+            "print('up', flush=True); e.wait()")
+    proc = subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        out = inspect(proc.pid, "--window", "0.5", "--stacks", "never", cwd=tmp_path)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"pid {proc.pid} (python" in out.stdout and "STALLED" in out.stdout
+    assert "every thread has waited with no timeout and no CPU progress" in out.stdout
+
+
 def test_missing_pid_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.Popen(["true"])
     proc.wait(timeout=10)
