@@ -115,7 +115,7 @@ def _installed() -> bool:
     adding that folder to PYTHONPATH would put it before the standard library."""
     import site
 
-    return any(PACKAGE_ROOT == Path(p).resolve() for p in site.getsitepackages())
+    return any(PACKAGE_ROOT == Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()])
 
 
 def runner_environment(extra: dict[str, str | None] | None = None, run_id: str | None = None) -> dict[str, str]:
