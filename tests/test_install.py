@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from forksafety.docs_tool import build_dists, cache_folder, locked_wheelhouse
+from forksafety.docs_tool import build_dists, cache_folder, lock_deadlocked_child, locked_wheelhouse
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc")]
 
@@ -224,6 +224,18 @@ def test_check_and_probe_on_a_module_level_thread_pool(fresh, tmp_path):
     assert "py-spy is not installed" in text and "lost in the fork: python" in text
     site = run([fresh, "-c", "import forksafety, os; print(os.path.dirname(forksafety.__file__))"]).stdout.strip()
     assert not (Path(site) / "crash_dumps").exists() and not (Path(site).parent / "crash_dumps").exists()
+
+
+def test_inspect_without_py_spy_or_pystack_says_what_it_skipped(fresh, tmp_path):
+    if shutil.which("py-spy") or shutil.which("pystack"):
+        pytest.skip("py-spy or pystack is on PATH here")
+    with lock_deadlocked_child(fresh) as child:
+        out = run([fresh.parent / "forksafety", "inspect", child], cwd=tmp_path, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "DEADLOCK-PROVEN" in out.stdout and "lost in the fork: python" in out.stdout
+    assert "stacks: py-spy: skipped: not installed: pip install 'forksafety[stack]'" in out.stdout
+    assert "stacks: pystack: skipped: not installed: pip install 'forksafety[stack]'" in out.stdout
+    assert list((tmp_path / "crash_dumps").glob(f"inspect_pid{child}_*.log"))
 
 
 def test_inspect_refuses_a_process_user_nobody_may_not_trace(fresh, world):
