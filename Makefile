@@ -24,7 +24,7 @@ RUN := $(COMPOSE) run --rm
         demo-crash demo-gdb demo-strace demo-fixed shell clean down test-docker \
         install check native-test-all native-test-prefork native-test-threads native-test-solo \
         native-test-gevent native-test-eventlet native-demo-crash native-demo-fixed native-demo-gdb \
-        native-demo-lldb native-demo-strace native-clean docs check-app lab bench lock system-deps
+        native-demo-lldb native-demo-strace native-clean docs check-app lab bench bench-tool lock system-deps
 
 help:
 	@echo "Docker (compose.yml; ARGS=... replaces a scenario's default arguments):"
@@ -154,6 +154,9 @@ lab: $(PY) ## The checker's case corpus: a real fork's outcome against the check
 
 bench: $(PY) ## Benchmarks: pool matrix wall time (3 runs)
 	$(PY) benchmarks/matrix.py $(ARGS)
+
+bench-tool: $(PY) ## Benchmarks of the installable tool: wheel install, inspect latency, plugin and check overhead
+	$(PY) benchmarks/tool.py $(ARGS)
 
 lock: ## Regenerate requirements.lock from pyproject.toml (uv), then prove it installs as a closed set
 	@command -v $(UV) >/dev/null 2>&1 || [ -x .tools/bin/uv ] || \

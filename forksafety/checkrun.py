@@ -347,6 +347,45 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _set_child_subreaper()
     start_watchdog(request.get("run_id") or "", caller_pid, float(request.get("lifetime") or 300.0))
+    try:
+        return _run_request(request, result_path, marker)
+    finally:
+        stop_own_children()
+
+
+CHILD_REAP_WAIT = 2.0  # seconds the runner waits to reap the children it SIGKILLed at its end
+
+
+def stop_own_children() -> None:
+    """SIGKILL every process still below the runner once it is done (its watchdog, and
+    whatever the target started: orphans are reparented here, PR_SET_CHILD_SUBREAPER;
+    watch.stop_processes), then reap every exited child (waitpid, bounded by
+    CHILD_REAP_WAIT seconds), so no zombie of ours is left for init to reap: the
+    caller's clean-up (watch.stop_group) then finds the runner's group empty at once
+    instead of waiting for init (watch.ZOMBIE_REAP_WAIT)."""
+    import psutil
+
+    from .watch import stop_processes, wait_until
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    stop_processes(children, grace=0.0, sig=signal.SIGKILL, kill_wait=2.0, reap=True)
+
+    def no_child_left() -> bool:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:  # reap every child that has exited
+                pass
+        except ChildProcessError:
+            return True
+        return False
+
+    wait_until(no_child_left, CHILD_REAP_WAIT, interval=0.01)
+
+
+def _run_request(request: dict, result_path: Path, marker: Path) -> int:
+    """The check of one request, after the watchdog is started; writes the result file."""
     faulthandler.enable()  # a target that crashes the interpreter at import leaves its Python stack in the log
     tracker = check.start_tracking()
     result: dict = {"status": "ok"}

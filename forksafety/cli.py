@@ -41,6 +41,14 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def stdout_closed() -> int:
+    """After a BrokenPipeError (output piped into `head` & co): point stdout at /dev/null so the
+    interpreter's final flush stays quiet (Python docs, signal module notes). Returns EXIT_MISMATCH."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_MISMATCH
+
+
 def fail(error: ForkSafetyError | str, code: int | None = None, prog: str = "") -> int:
     """Print ``error`` as one line on stderr and return ``code`` (default: the error's
     own exit code, ``errors.exit_code_of``; 2 for a plain message)."""

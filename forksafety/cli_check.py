@@ -23,15 +23,16 @@ import threading
 import time
 from pathlib import Path
 
-from .check import (PACKAGE_ROOT, PROBE_CAPTURE, CheckRequest, CheckRun, Report, format_report, module_file,
+from .check import (PROBE_CAPTURE, CheckRequest, CheckRun, Report, format_report, module_file,
                     run_check)
 from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, check_log_dir,
                   check_output_file, fail, file_above, install_interrupt_handlers, path_arg, positive_float,
-                  positive_int)
+                  positive_int, stdout_closed)
 from .errors import ForkSafetyError, UsageError
 from .outcome import outcome_text
 
-PROG = "python -m forksafety"
+# the console script says `forksafety`, `python -m forksafety` says so
+PROG = "forksafety" if os.path.basename(sys.argv[0]) == "forksafety" else "python -m forksafety"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 _MODULE_RE = re.compile(rf"^{_DOTTED}$")
 _PROBE_RE = re.compile(rf"^{_DOTTED}(:{_DOTTED})?$")
@@ -86,8 +87,8 @@ def _bounds(p: Parser, timeout: tuple[float, str], probe_timeout: tuple[float, s
     p.add_argument("--stall", type=positive_float, default=2.0, metavar="SECONDS",
                    help="window of the 'stalled' hang rule (default 2)")
     p.add_argument("--capture", choices=PROBE_CAPTURE, default=capture[0], help=f"evidence from {capture[1]}")
-    p.add_argument("--log-dir", type=path_arg, default=PACKAGE_ROOT / "crash_dumps", metavar="DIR",
-                   help=f"where {log_dir} goes (default crash_dumps/)")
+    p.add_argument("--log-dir", type=path_arg, default=Path("crash_dumps"), metavar="DIR",
+                   help=f"where {log_dir} goes (default crash_dumps/ in the current folder)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,10 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     install_interrupt_handlers()
     try:
         return check_main(args) if args.command == "check" else lab_main(args)
-    except BrokenPipeError:  # output piped into `head` & co: stop quietly (Python docs, signal module notes)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_MISMATCH
+    except BrokenPipeError:  # output piped into `head` & co: stop quietly
+        return stdout_closed()
     except Interrupted as exc:
         sys.stderr.write(f"{PROG}: interrupted by {exc}: every process we started was stopped\n")
         return EXIT_INTERRUPTED

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import docs
+from . import docs, docs_tool
 from .cli import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Parser
 from .report import markdown_table
 from .settings import REPO_ROOT
@@ -56,6 +56,7 @@ def capture(out: Path, progress=print) -> None:
         record = argv[argv.index("--json") + 1]
         if not Path(record).exists():
             raise RuntimeError(f"{label} wrote no record (exit {done.returncode}); see {out / (label + '.out')}")
+    docs_tool.capture(out, progress)  # README "Use it on your own app": wheel, check, inspect, pytest plugin
 
 
 def _fence(text: str, lang: str = "text") -> str:
@@ -74,6 +75,12 @@ def _tail_from(text: str, start: str) -> str:
     return text
 
 
+def provenance_line(plat: dict, versions: dict) -> str:
+    """Where and with what the captures ran: system, machine, Python, celery, billiard, chromadb, date."""
+    return (f"{plat['system']} {plat['machine']}, Python {plat['python']}, celery {versions['celery']}, "
+            f"billiard {versions['billiard']}, chromadb {versions['chromadb']}, {time.strftime('%Y-%m-%d', time.gmtime())}")
+
+
 def bodies(out: Path) -> tuple[dict[str, str], str]:
     """Block bodies from the captures in ``out``, and the provenance line."""
     from .demo import VARIANTS
@@ -86,9 +93,7 @@ def bodies(out: Path) -> tuple[dict[str, str], str]:
     gdb_log = Path(gdb["log"]).read_text()
     prefork = next(r for r in matrix["results"] if (r["pool"], r["variant"]) == ("prefork", "module-level"))
     celery_log = Path(prefork["evidence"]["log"]).read_text()
-    v = matrix["versions"]
-    provenance = (f"{matrix['system']} {matrix['machine']}, Python {matrix['python']}, celery {v['celery']}, "
-                  f"billiard {v['billiard']}, chromadb {v['chromadb']}, {time.strftime('%Y-%m-%d', time.gmtime())}")
+    provenance = provenance_line(matrix, matrix["versions"])
     b: dict[str, str] = {}
     b["demo-output"] = _fence(_cut((out / "demo.out").read_text()))
     b["demo-threads"] = _fence(docs.section(demo_log, "threads") + "\n\n" + docs.section(demo_log, "current syscall"))
@@ -145,6 +150,7 @@ def bodies(out: Path) -> tuple[dict[str, str], str]:
             if warning and (line.startswith("[") or not line.strip()):
                 break
             warning.append(line)
+    b.update(docs_tool.bodies(out))
     b["eventlet-warning"] = _fence("\n".join(_cut(line, 150) for line in warning) or "(no warning logged)")
     # show the paths a user gets (crash_dumps/), not the capture folder make docs used
     for name, body in b.items():
@@ -160,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="source", type=Path, metavar="DIR",
                    help="reuse the captures of an earlier run (its --keep folder) instead of running them")
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep the captures in DIR")
+    p.add_argument("--only", choices=("tool",),
+                   help="tool: only the captures of README's 'Use it on your own app' (the installed tool); "
+                        "the other blocks are left as they are")
     args = p.parse_args(argv)
     files = docs.docs_files(REPO_ROOT)
     if args.check:
@@ -169,28 +178,38 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         print(f"{len(problems)} problem(s) in {len(files)} file(s)")
         return EXIT_MISMATCH if problems else EXIT_OK
-    if args.source and not (args.source / "results.json").exists():
-        sys.stderr.write(f"{PROG}: error: {args.source} holds no captures (results.json missing): "
+    done_file = "tool/inspect.out" if args.only else "results.json"
+    if args.source and not (args.source / done_file).exists():
+        sys.stderr.write(f"{PROG}: error: {args.source} holds no captures ({done_file} missing): "
                          "pass the folder an earlier `make docs --keep DIR` wrote\n")
         return EXIT_USAGE
     with tempfile.TemporaryDirectory(prefix="forksafety-docs-") as tmp:
         out = args.source or args.keep or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         if not args.source:
-            print(f"capturing into {out} (demo, gdb, strace, pool matrix, demo variants)")
+            print(f"capturing into {out} " + ("(the installed tool)" if args.only else
+                                              "(demo, gdb, strace, pool matrix, demo variants, the installed tool)"))
             try:
-                capture(out)
+                if args.only:
+                    docs_tool.capture(out)
+                else:
+                    capture(out)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 sys.stderr.write(f"{PROG}: error: {exc}\n")
                 return EXIT_MISMATCH
-        blocks, provenance = bodies(out)
+        if args.only:
+            from .versions import package_versions, platform_record
+
+            blocks, provenance = docs_tool.bodies(out), provenance_line(platform_record(), package_versions())
+        else:
+            blocks, provenance = bodies(out)
         used: set[str] = set()
         for f in files:
             if not f.exists():
                 continue
             text = f.read_text()
             new, missing = docs.fill(text, blocks, provenance)
-            if missing:
+            if missing and not args.only:
                 sys.stderr.write(f"{PROG}: error: {f.name} has blocks nobody generates: {', '.join(missing)}\n")
                 return EXIT_MISMATCH
             used.update(docs.block_names(text))

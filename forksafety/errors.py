@@ -47,6 +47,10 @@ class TargetNotFound(ForkSafetyError):
     """The module, file or Celery app named by the user does not exist."""
 
 
+class ProcessNotFoundError(ForkSafetyError):
+    """The process to inspect does not exist (or has ended)."""
+
+
 class ForkUnsafeError(ForkSafetyError, RuntimeError):
     """Strict mode refused a fork: the process has threads a child would lose."""
 

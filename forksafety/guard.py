@@ -42,6 +42,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 
 from . import check
 from .errors import ForkSafetyError, ForkSafetyWarning, ForkUnsafeError, SettingsError  # noqa: F401 - ForkSafetyError, ForkSafetyWarning and ForkUnsafeError re-exported
@@ -59,6 +60,16 @@ class _State:
     mode: str | None = None
     registered = False
     local = threading.local()
+    context: Callable[[], str] | None = None  # says where the fork happens (the pytest plugin: the test)
+
+
+def _where(call: str) -> str:
+    """``call`` (e.g. "fork()"), followed by the installer's context when it gives one."""
+    try:
+        context = _State.context() if _State.context is not None else ""
+    except Exception:  # noqa: BLE001 - naming the place must never break the fork
+        context = ""
+    return f"{call} in {context}" if context else call
 
 
 def real_fork() -> int:
@@ -102,7 +113,7 @@ def _before_fork() -> None:
         report = _unsafe_report()
         if report is None:
             return
-        message = fork_message(report)
+        message = fork_message(report, _where("fork()"))
         if mode == "log":
             LOGGER.warning(message)
         else:
@@ -116,7 +127,7 @@ def _strict_fork() -> int:
     """os.fork replacement in strict mode: raise ForkUnsafeError, or fork."""
     report = _unsafe_report() if _State.mode == "strict" else None
     if report is not None:
-        raise ForkUnsafeError(fork_message(report, "os.fork() refused"),
+        raise ForkUnsafeError(fork_message(report, _where("os.fork()") + " refused"),
                               "fix the cause above, or call forksafety.guard.install('warn') to only warn")
     _State.local.checked = True
     try:
@@ -125,7 +136,7 @@ def _strict_fork() -> int:
         _State.local.checked = False
 
 
-def install(mode: str = "warn", *, track: bool = True) -> None:
+def install(mode: str = "warn", *, track: bool = True, context: Callable[[], str] | None = None) -> None:
     """Install the guard in this process (idempotent; a second call changes the mode).
 
     mode: "warn", "log" or "strict" (see the module docstring).
@@ -133,6 +144,8 @@ def install(mode: str = "warn", *, track: bool = True) -> None:
     from now on are reported with the stack that started them (cost: at most
     one listing of /proc/self/task per millisecond of audited activity; pass
     False in hot processes).
+    context: called at each fork to name where it happens (e.g. ``test tests/x.py::t``),
+    shown after "fork()" in the message; None keeps the previous one.
     Raises SettingsError for an unknown mode.
     """
     if mode not in MODES:
@@ -144,6 +157,8 @@ def install(mode: str = "warn", *, track: bool = True) -> None:
         _State.registered = True
     warnings.filterwarnings("always", category=ForkSafetyWarning)
     _State.mode = mode
+    if context is not None:
+        _State.context = context
     os.fork = _strict_fork if mode == "strict" else _REAL_FORK
 
 
@@ -151,6 +166,7 @@ def uninstall() -> None:
     """Make the guard do nothing and give ``os.fork`` back (the at-fork handler
     stays registered, as os.register_at_fork offers no way to remove it)."""
     _State.mode = None
+    _State.context = None
     os.fork = _REAL_FORK
 
 

@@ -7,6 +7,7 @@ app made by ``forksafety.app.make_app``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import sys
 import threading
 from collections import Counter
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .errors import UsageError
 from .outcome import Expected, Outcome, Verdict, expected_outcome
 from .settings import REPO_ROOT, Settings
 from .variants import CELERY, resolve_variant
-from .watch import (RULE_DEADLINE, RUN_ID_ENV, SCENARIO_ENV, group_alive, make_temp_dir, pdeathsig_preexec, stop_tree,
+from .watch import (RULE_DEADLINE, RULE_PROVEN, RUN_ID_ENV, SCENARIO_ENV, group_alive, make_temp_dir, pdeathsig_preexec, stop_tree,
                     sweep_run, wait_until, watch_process)
 
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
@@ -451,3 +452,40 @@ def run_scenario(scenario: Scenario, broker: Broker, settings: Settings, options
                  progress: Callable[[str, str], None] | None = None) -> Verdict:
     """Run one scenario for real and return its Verdict (the worker is always stopped)."""
     return ScenarioRun(scenario, broker, settings, options, progress).run()
+
+
+@contextlib.contextmanager
+def hung_pool_child(broker: Broker, settings: Settings, log_dir: Path,
+                    timeout: float = 60.0) -> Iterator[tuple[int, int]]:
+    """Start the prefork worker on the bug's task module, send the task, and yield
+    ``(pool child pid, worker pid)`` once the child is a proven deadlock (the one watch
+    loop, ``watch_process``: one thread in an untimed private futex wait), for a tool
+    to inspect a real hung child (``forksafety inspect``, make docs, the benchmark).
+    The worker and every process it forked are stopped on every path. Raises
+    RuntimeError when the worker is not ready, the task does not reach a pool child,
+    or the child is not a proven deadlock within ``timeout`` seconds each."""
+    run = ScenarioRun(make_scenario("prefork"), broker, settings,
+                      RunOptions(timeout=timeout, log_dir=log_dir, capture=False))
+    app = None
+    try:
+        run.start()
+        problem = run.wait_ready()
+        if problem is not None:
+            raise RuntimeError(f"the prefork worker did not start: {problem}")
+        app = make_app("forksafety-hung-child", environ=broker.worker_env(run.queue))
+        result = app.send_task(run.scenario.task, args=list(run.scenario.args), queue=run.queue)
+        child = wait_until(lambda: result.info.get("pid") if result.state == "STARTED" and
+                           isinstance(result.info, dict) else None, timeout)
+        if not child:
+            raise RuntimeError(f"the task did not start in a pool child within {timeout:g} s")
+        seen = watch_process(lambda: result.state if result.state in ("SUCCESS", "FAILURE") else None, child,
+                             time.monotonic() + timeout, stall=run.options.stall, interval=POLL_INTERVAL)
+        if seen.rule != RULE_PROVEN:
+            raise RuntimeError(f"pool child {child} is not a proven deadlock after {seen.seconds:.1f} s "
+                               f"({seen.rule or 'the task ended: ' + str(seen.value)})")
+        yield child, run.worker.pid
+    finally:
+        if app is not None:
+            app.close()
+        run.stop()
+        run._cleanup()

@@ -46,7 +46,7 @@ class LabOptions:
     capture: str = "light"
     repeat: int = 1
     parallel: int = 2
-    log_dir: Path = PACKAGE_ROOT / "crash_dumps"
+    log_dir: Path = Path("crash_dumps")  # in the current folder, never in site-packages
     command: list[str] | None = None  # the user's command line, for the header of evidence files
 
 
@@ -158,7 +158,7 @@ def _run_once(case: Case, options: LabOptions, cancel: threading.Event | None = 
         run: CheckRun = run_check(CheckRequest(
             target=case.module, kind="module", probe=case.probe, timeout=options.timeout,
             probe_timeout=options.probe_timeout, stall=options.stall, capture=options.capture,
-            log_dir=str(options.log_dir), scenario=f"lab_{case.name}", cwd=str(PACKAGE_ROOT),
+            log_dir=str(Path(options.log_dir).resolve()), scenario=f"lab_{case.name}", cwd=str(PACKAGE_ROOT),
             env={**case.env, CASE_DIR_ENV: str(scratch)}, command=options.command), cancel)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 from .errors import SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +102,8 @@ def load_settings(
         raise SettingsError(f"settings file {env_file} is not a file", "point FORKSAFETY_ENV_FILE at a .env file")
     if env_file.is_file():
         try:
+            from dotenv import dotenv_values  # the harness's dependency: the installed tool never reads .env
+
             values.update(dotenv_values(env_file, encoding="utf-8"))
         except (UnicodeDecodeError, OSError) as exc:
             raise SettingsError(f"cannot read settings file {env_file} ({type(exc).__name__}: {exc})",

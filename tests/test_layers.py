@@ -27,15 +27,19 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     # 2 mechanics
     "watch": (MECHANICS, None), "forkchild": (MECHANICS, None), "capture": (MECHANICS, None),
     "report": (MECHANICS, None),
-    # 3 products: the Celery harness, the demo, the checker (check, checkrun, guard, lab, cases), docs
+    # 3 products: the Celery harness, the demo, the checker (check, checkrun, guard, lab, cases), docs, inspect
     "harness": (PRODUCTS, "harness"), "app": (PRODUCTS, "harness"), "broker": (PRODUCTS, "harness"),
     "store": (PRODUCTS, "harness"), "embeddings": (PRODUCTS, "harness"), "startmethod": (PRODUCTS, "harness"),
     "demo": (PRODUCTS, "demo"),
     "check": (PRODUCTS, "check"), "checkrun": (PRODUCTS, "check"), "guard": (PRODUCTS, "check"),
     "lab": (PRODUCTS, "check"), "cases": (PRODUCTS, "check"),
     "docs": (PRODUCTS, "docs"),
+    # inspect PID: the verdict on a process that is stuck now (watch rules, procinfo, capture, origins)
+    "diagnose": (PRODUCTS, "inspect"),
     # 4 entry points
     "cli": (ENTRY, None), "__main__": (ENTRY, None), "bootstrap": (ENTRY, None),
+    "pytest_plugin": (ENTRY, None),  # pytest's entry point (pytest11): lazily the guard, nothing else
+    "docs_tool": (ENTRY, None),  # make docs' captures of the installed tool, its wheel build (runs our CLIs)
 }
 # Product -> product imports allowed -> whether they must be lazy (inside a function).
 # DESIGN.md: app -> guard, lazy (the Celery hook). The modules that demonstrate the bug
@@ -94,9 +98,13 @@ def imports() -> dict[str, list[tuple[str, list[str], bool, int]]]:
                 if not target.startswith("forksafety"):
                     continue
                 names = [a.name for a in node.names]
-                if node.module is None:  # from . import procinfo: each name is a module
+                if node.module is None:  # from . import procinfo: each name is a module, or a name of the package
+                    folder = PACKAGE.parent.joinpath(*target.split("."))
                     for name in names:
-                        edges.append((f"{target}.{name}", [], lazy, node.lineno))
+                        if (folder / f"{name}.py").exists() or (folder / name / "__init__.py").exists():
+                            edges.append((f"{target}.{name}", [], lazy, node.lineno))
+                        else:  # from . import __version__: a name of the package's __init__
+                            edges.append((target, [name], lazy, node.lineno))
                 else:
                     edges.append((target, names, lazy, node.lineno))
         found[mod] = edges

@@ -51,7 +51,7 @@ class CheckRequest:
     probe_timeout: float = 15.0
     stall: float = 2.0
     capture: str = "full"
-    log_dir: str = str(PACKAGE_ROOT / "crash_dumps")
+    log_dir: str = "crash_dumps"  # relative to cwd: never site-packages
     scenario: str = ""
     env: dict[str, str | None] = field(default_factory=dict)
     cwd: str | None = None
@@ -111,6 +111,14 @@ class CheckRun:
         return data
 
 
+def _installed() -> bool:
+    """True when this package lives in a site-packages folder (pip install), where
+    adding that folder to PYTHONPATH would put it before the standard library."""
+    import site
+
+    return any(PACKAGE_ROOT == Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()])
+
+
 def runner_environment(extra: dict[str, str | None] | None = None, run_id: str | None = None) -> dict[str, str]:
     """Environment for the runner interpreter: ours, ``extra`` (None values: unset), this package on
     PYTHONPATH (so ``-m forksafety.checkrun`` works from any folder) and the run id."""
@@ -122,7 +130,8 @@ def runner_environment(extra: dict[str, str | None] | None = None, run_id: str |
             env.pop(key, None)
         else:
             env[key] = value
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(PACKAGE_ROOT)) if p)
+    if not _installed():  # a checkout: make it importable; an installed package already is
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(PACKAGE_ROOT)) if p)
     env["PYTHONUNBUFFERED"] = "1"
     if run_id:
         env[RUN_ID_ENV] = run_id
