@@ -230,6 +230,10 @@ def _wait_gone(procs: list[psutil.Process], timeout: float, reap: bool = False) 
         if not alive or time.monotonic() >= deadline:
             break
         time.sleep(0.02)
+    if reap:
+        # A process that turned zombie between a reap and the look that followed it was
+        # dropped from ``alive`` unreaped: reap every one once more (WNOHANG, so bounded).
+        _reap(procs)
     return alive
 
 
@@ -240,6 +244,9 @@ def stop_processes(procs: Iterable[psutil.Process], grace: float = 1.0, sig: int
     reap: also waitpid() those that are our own children (leave it False for a
     process a ``subprocess.Popen`` owns: Popen must reap it to learn its exit code).
     Returns the pids still alive (normally [])."""
+    procs = list(procs)
+    if reap:
+        _reap(procs)  # those that are zombies already would otherwise be left out unreaped
     procs = [p for p in procs if not process_gone(p)]
     for p in procs:
         try:

@@ -191,3 +191,24 @@ def test_env_file_that_is_not_utf8_is_a_settings_error(tmp_path):
 def test_invalid_collection_names_are_rejected_before_any_worker(tmp_path, name):
     with pytest.raises(SettingsError, match="not a valid Chroma collection name"):
         load_settings(environ={"COLLECTION_NAME": name}, env_file=tmp_path / "none")
+
+
+def test_stop_processes_reaps_children_that_were_zombies_already():
+    """reap=True leaves no zombie child behind, also one that had exited before the call
+    (it used to be dropped as 'gone' before any waitpid, and stayed a zombie)."""
+    import os
+    import time as _time
+
+    import psutil as _psutil
+
+    from forksafety.watch import stop_processes
+
+    quick = os.posix_spawn("/bin/true", ["true"], os.environ)
+    slow = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ)
+    deadline = _time.monotonic() + 5
+    while _psutil.Process(quick).status() != _psutil.STATUS_ZOMBIE and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    assert _psutil.Process(quick).status() == _psutil.STATUS_ZOMBIE
+    assert stop_processes([_psutil.Process(quick), _psutil.Process(slow)], grace=1.0, reap=True) == []
+    for pid in (quick, slow):
+        assert not _psutil.pid_exists(pid) or _psutil.Process(pid).ppid() != os.getpid(), pid
