@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from . import procinfo
+from . import poolstart, procinfo
 from .app import READY_FILE_ENV, make_app
 from .broker import Broker
 from .errors import UsageError
@@ -114,9 +114,10 @@ class Scenario:
         """File-name-safe name, e.g. ``prefork_module-level``."""
         return f"{self.pool}_{self.variant}"
 
-    def expect(self) -> Expected:
-        """The expected outcome of this scenario on this platform."""
-        return self.expected or expected_outcome(self.pool, self.variant)
+    def expect(self, start_method: str | None = "fork") -> Expected:
+        """The expected outcome of this scenario on this platform, for the start
+        method its pool child used (see forksafety/poolstart.py)."""
+        return self.expected or expected_outcome(self.pool, self.variant, start_method=start_method)
 
 
 @dataclass
@@ -324,9 +325,14 @@ class ScenarioRun:
         return verdict
 
     def _verdict(self, outcome: Outcome, started: float, detail: str, **kw) -> Verdict:
-        return Verdict(pool=self.scenario.pool, variant=self.scenario.variant, outcome=outcome,
-                       expected=self.scenario.expect(), seconds=time.monotonic() - started,
-                       detail=detail, worker_log=str(self.log_path), **kw)
+        start_method, child = poolstart.start_method_of(self.scenario.pool, dict(self.scenario.env), self._tmp,
+                                                        kw.get("child_pid"))
+        verdict = Verdict(pool=self.scenario.pool, variant=self.scenario.variant, outcome=outcome,
+                          expected=self.scenario.expect(start_method.split(" ")[0]), seconds=time.monotonic() - started,
+                          detail=detail, worker_log=str(self.log_path), start_method=start_method, **kw)
+        if child:
+            verdict.extra["pool_child"] = child  # what the child said about itself (poolstart.child_record)
+        return verdict
 
     def _send_and_watch(self, started: float) -> Verdict:
         s = self.scenario
