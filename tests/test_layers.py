@@ -30,7 +30,7 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     # 3 products: the Celery harness, the demo, the checker (check, checkrun, guard, lab, cases), docs
     "harness": (PRODUCTS, "harness"), "app": (PRODUCTS, "harness"), "broker": (PRODUCTS, "harness"),
     "store": (PRODUCTS, "harness"), "embeddings": (PRODUCTS, "harness"), "startmethod": (PRODUCTS, "harness"),
-    "poolstart": (PRODUCTS, "harness"),
+    "poolstart": (PRODUCTS, "harness"), "escapes": (PRODUCTS, "harness"), "chromaserver": (PRODUCTS, "harness"),
     "demo": (PRODUCTS, "demo"),
     "check": (PRODUCTS, "check"), "checkrun": (PRODUCTS, "check"), "guard": (PRODUCTS, "check"),
     "lab": (PRODUCTS, "check"), "cases": (PRODUCTS, "check"),
