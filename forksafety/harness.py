@@ -257,7 +257,7 @@ class ScenarioRun:
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
         self.chroma_dir.mkdir(parents=True, exist_ok=True)
         self._tmp = make_temp_dir("run")
-        if VARIANTS[self.scenario.variant].get("server") == "chroma":
+        if VARIANTS.get(self.scenario.variant, {}).get("server") == "chroma":
             self.server = ChromaServer(self.chroma_dir / "server", self.options.log_dir / f"chroma_{self.scenario.name}.log",
                                        {**self.worker_environment(), "TMPDIR": str(self._tmp)})
             self.server.start(timeout=self.options.startup_timeout)
