@@ -9,6 +9,7 @@ segment-api: chromadb 1.5.9 without chroma-hnswlib cannot run it; the variant sa
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -54,3 +55,44 @@ def test_chroma_server_and_segment_api_under_prefork(redis_url, tmp_path):
     # the server and the workers are gone, and so is the server's data folder
     assert processes_with_env("FORKSAFETY_RUN_ID", record["run_id"]) == []
     assert not list((tmp_path / "chroma").glob("run-*"))
+
+
+@pytest.mark.e2e
+def test_a_killed_runner_leaves_no_chroma_server(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    from tests.conftest import RUNNER
+
+    proc = subprocess.Popen([PYTHON, str(RUNNER), "--variant", "chroma-server", "--no-capture",
+                             "--log-dir", str(tmp_path / "dumps")], cwd=REPO,
+                            env={**os.environ, "CHROMA_DIR": str(tmp_path / "chroma")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def servers() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if "run" in p.cmdline() and str(tmp_path / "chroma") in " ".join(p.cmdline()):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        return found
+
+    try:
+        deadline = time.monotonic() + 60
+        while not servers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert servers(), "the chroma server never started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while servers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert servers() == [], [p.cmdline() for p in servers()]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
