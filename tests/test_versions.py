@@ -47,6 +47,20 @@ def test_a_missing_interpreter_is_skipped_not_failed(tmp_path):
     assert "skipped: python3.99 not found" in versionsets.text_table(results)
 
 
+def test_an_unwritable_cache_is_a_usage_error():
+    done = subprocess.run([PYTHON, str(SCRIPT), "--cache", "/proc/forksafety-cache"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "--cache /proc/forksafety-cache is not writable" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_unwritable_json_folder_is_a_usage_error(tmp_path):
+    done = subprocess.run([PYTHON, str(SCRIPT), "--cache", str(tmp_path), "--json", "/proc/forksafety/v.json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "the folder of --json /proc/forksafety is not writable" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
 def _tagged(run_env_value: str | None = None) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
