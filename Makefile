@@ -24,7 +24,7 @@ RUN := $(COMPOSE) run --rm
         demo-crash demo-gdb demo-strace demo-fixed shell clean down test-docker \
         install check native-test-all native-test-prefork native-test-threads native-test-solo \
         native-test-gevent native-test-eventlet native-demo-crash native-demo-fixed native-demo-gdb \
-        native-demo-lldb native-demo-strace native-clean docs check-app lab bench bench-tool lock system-deps
+        native-demo-lldb native-demo-strace native-clean docs check-app lab bench bench-tool lock system-deps versions
 
 help:
 	@echo "Docker (compose.yml; ARGS=... replaces a scenario's default arguments):"
@@ -151,6 +151,9 @@ check-app: $(PY) ## What a fork would break in the bug's task module (UNSAFE, as
 
 lab: $(PY) ## The checker's case corpus: a real fork's outcome against the check's verdict
 	$(PY) -m forksafety lab --all $(ARGS)
+
+versions: $(PY) ## Version matrix: the report's env, chromadb 0.6.3 / 1.0.0, Python 3.12 / 3.13 (envs cached in .versions/)
+	$(PY) scripts/versions.py $(ARGS)
 
 bench: $(PY) ## Benchmarks: pool matrix wall time (3 runs)
 	$(PY) benchmarks/matrix.py $(ARGS)

@@ -85,3 +85,14 @@ def _die_with_worker(**_kwargs) -> None:
     so a killed runner cannot leave pool children behind (prctl PR_SET_PDEATHSIG)."""
     if os.environ.get(READY_FILE_ENV):
         set_parent_death_signal()
+
+
+@signals.worker_process_init.connect
+def _record_start_method(**_kwargs) -> None:
+    """In each prefork pool child: tell the runner how this child was started
+    (fork, spawn, forkserver), next to its ready file (see forksafety/poolstart.py)."""
+    path = os.environ.get(READY_FILE_ENV)
+    if path:
+        from .poolstart import record_pool_child
+
+        record_pool_child(Path(path).parent)

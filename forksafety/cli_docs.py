@@ -1,7 +1,7 @@
 """``make docs``: run the captures for real and regenerate the captured blocks.
 
 Runs (each bounded): the fork demo, every demo variant, the gdb attach, the demo
-under strace, and the Celery pool matrix; then rewrites every captured block
+under strace, the Celery pool matrix, and the version matrix (scripts/versions.py); then rewrites every captured block
 of README.md and docs/*.md from what they wrote. ``--check`` only verifies
 that no block was edited by hand (exit 1 when one was).
 """
@@ -45,6 +45,7 @@ def capture(out: Path, progress=print) -> None:
         ("matrix", ["celery_examples/run_test.py", "--all", "--json", str(out / "results.json"),
                     "--log-dir", str(dumps)], 600),
     ]
+    jobs.append(("versions", ["scripts/versions.py", "--json", str(out / "versions.json")], 2400))
     jobs.append(("startmethod", ["benchmarks/startmethod.py", "--runs", "2", "--json", str(out / "startmethod.json")], 600))
     jobs += [(f"variant-{name}", ["scripts/demo_crash.py", "--variant", name, "--timeout", "5", "--no-stacks",
                                   "--json", str(out / f"variant-{name}.json"), "--log-dir", str(dumps)], 120)
@@ -141,6 +142,9 @@ def bodies(out: Path) -> tuple[dict[str, str], str]:
                     f"{rec['seconds']:.2f} | {rec['expected']} |")
     b["demo-variants"] = "\n".join(rows) + "\n"
     b["startmethod-bench"] = _fence((out / "startmethod.out").read_text())
+    versions = json.loads((out / "versions.json").read_text())
+    b["versions-matrix"] = _fence(f"$ make versions   # {versions['platform']['system']} {versions['platform']['machine']}, "
+                                  f"{versions['wall_seconds']:.0f} s wall\n" + versions["table"])
     eventlet_log = (out / "dumps" / "worker_eventlet.log").read_text()
     lines = eventlet_log.splitlines()
     start = next((i for i, line in enumerate(lines) if "EventletDeprecationWarning" in line), None)

@@ -33,8 +33,10 @@ from .cli import (
 )
 from .errors import BrokerError, ForkSafetyError, UsageError
 from .outcome import Outcome, Verdict
+from .poolstart import force_start_method
 from .report import results_record, results_table, write_json
 from .settings import check_writable, load_settings
+from .startmethod import START_METHODS
 from .variants import CELERY
 from .watch import remove_stale_pid_folders, remove_stale_temp_folders, sweep_run
 
@@ -50,6 +52,9 @@ def build_parser() -> Parser:
     p.add_argument("--variant", action="append", metavar="NAME", type=variant_type(CELERY),
                    help=f"prefork fix variant (repeatable): {', '.join(harness.VARIANTS)}")
     p.add_argument("--all", action="store_true", help="every pool, and every prefork variant")
+    p.add_argument("--start-method", choices=START_METHODS, metavar="METHOD",
+                   help=f"start the prefork pool children with {', '.join(START_METHODS)} (forced, on every "
+                        "platform: --start-method fork reproduces the report on macOS with billiard >= 4.3)")
     p.add_argument("--timeout", type=positive_float, default=20.0, metavar="SECONDS",
                    help="deadline for each task (default 20)")
     p.add_argument("--stall", type=positive_float, default=2.0, metavar="SECONDS",
@@ -136,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--concurrency {args.concurrency} is more than {MAX_CONCURRENCY}",
                              f"use 1 to {MAX_CONCURRENCY}: one pool child is enough to reproduce the deadlock")
         scenarios = harness.select_scenarios(args.pool, args.variant, args.all, args.concurrency)
+        scenarios = force_start_method(scenarios, args.start_method)
         settings = load_settings()
         check_writable(settings.chroma_dir)
         check_log_dir(args.log_dir)
@@ -171,7 +177,7 @@ def _run(args, scenarios: list[harness.Scenario], settings, console: Console) ->
         console.print(f"settings: {shown}", soft_wrap=True)
         if os.environ.get("POOL_START_METHOD"):
             console.print(f"note: POOL_START_METHOD={os.environ['POOL_START_METHOD']} is ignored here: each scenario "
-                          "sets its own start method (use --variant spawn or --variant forkserver)")
+                          "sets its own start method (use --start-method, --variant spawn or --variant forkserver)")
         console.print(f"{len(scenarios)} scenario(s), {min(args.parallel, len(scenarios))} at a time, "
                       f"task deadline {args.timeout:g} s")
         progress = Progress(console, [s.name for s in scenarios])

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import psutil
 
-from . import procinfo
+from . import escapes, poolstart, procinfo
 from .app import READY_FILE_ENV, make_app
+from .chromaserver import ChromaServer
 from .broker import Broker
 from .errors import UsageError
 from .outcome import Expected, Outcome, Verdict, expected_outcome
@@ -49,6 +50,9 @@ VARIANTS: dict[str, dict] = {
     "lazy-in-task": {"module": "celery_examples.tasks_lazy_in_task"},
     "spawn": {"module": TASK_MODULE, "env": {"POOL_START_METHOD": "spawn"}},
     "forkserver": {"module": TASK_MODULE, "env": {"POOL_START_METHOD": "forkserver"}},
+    # Chroma's own escape hatches (forksafety/escapes.py)
+    "segment-api": {"module": "celery_examples.tasks_segment_api", "expected": escapes.expected_segment_api},
+    "chroma-server": {"module": "celery_examples.tasks_http_client", "server": "chroma"},
 }
 
 
@@ -63,7 +67,8 @@ def make_scenario(pool: str, variant: str = "module-level", concurrency: int = 1
     spec = VARIANTS[variant]
     module = spec["module"]
     return Scenario(pool=pool, variant=variant, module=module, task=f"{module}.add_documents_task",
-                    concurrency=concurrency, env=tuple(sorted(spec.get("env", {}).items())))
+                    concurrency=concurrency, env=tuple(sorted(spec.get("env", {}).items())),
+                    expected=spec["expected"]() if "expected" in spec else None)
 
 
 def select_scenarios(pools: list[str] | None, variants: list[str] | None, everything: bool,
@@ -115,9 +120,10 @@ class Scenario:
         """File-name-safe name, e.g. ``prefork_module-level``."""
         return f"{self.pool}_{self.variant}"
 
-    def expect(self) -> Expected:
-        """The expected outcome of this scenario on this platform."""
-        return self.expected or expected_outcome(self.pool, self.variant)
+    def expect(self, start_method: str | None = "fork") -> Expected:
+        """The expected outcome of this scenario on this platform, for the start
+        method its pool child used (see forksafety/poolstart.py)."""
+        return self.expected or expected_outcome(self.pool, self.variant, start_method=start_method)
 
 
 @dataclass
@@ -201,6 +207,7 @@ class ScenarioRun:
         if scenario.variant == "module-level":
             self.log_path = options.log_dir / f"worker_{scenario.pool}.log"
         self.worker: subprocess.Popen | None = None
+        self.server: ChromaServer | None = None  # the chroma-server variant's `chroma run`
         self._tmp: Path | None = None  # made in start(), removed in _cleanup()
         self._cancelled = threading.Event()
         self._stop_lock = threading.Lock()
@@ -242,6 +249,8 @@ class ScenarioRun:
         env[SCENARIO_ENV] = self.scenario_id
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        if self.server is not None:
+            env.update(self.server.client_env())
         return env
 
     def start(self) -> None:
@@ -249,6 +258,10 @@ class ScenarioRun:
         self.options.log_dir.mkdir(parents=True, exist_ok=True)
         self.chroma_dir.mkdir(parents=True, exist_ok=True)
         self._tmp = make_temp_dir("run")
+        if VARIANTS.get(self.scenario.variant, {}).get("server") == "chroma":
+            self.server = ChromaServer(self.chroma_dir / "server", self.options.log_dir / f"chroma_{self.scenario.name}.log",
+                                       {**self.worker_environment(), "TMPDIR": str(self._tmp)})
+            self.server.start(timeout=self.options.startup_timeout)
         with open(self.log_path, "w") as log:
             log.write(f"# {' '.join(self.command())}\n")
             log.flush()
@@ -294,6 +307,8 @@ class ScenarioRun:
         """Stop this scenario now (from any thread): its loops end, its worker is stopped."""
         self._cancelled.set()
         self.stop()
+        if self.server is not None:
+            self.server.stop()
 
     # -- the scenario --------------------------------------------------------------
     def run(self) -> Verdict:
@@ -325,9 +340,14 @@ class ScenarioRun:
         return verdict
 
     def _verdict(self, outcome: Outcome, started: float, detail: str, **kw) -> Verdict:
-        return Verdict(pool=self.scenario.pool, variant=self.scenario.variant, outcome=outcome,
-                       expected=self.scenario.expect(), seconds=time.monotonic() - started,
-                       detail=detail, worker_log=str(self.log_path), **kw)
+        start_method, child = poolstart.start_method_of(self.scenario.pool, dict(self.scenario.env), self._tmp,
+                                                        kw.get("child_pid"))
+        verdict = Verdict(pool=self.scenario.pool, variant=self.scenario.variant, outcome=outcome,
+                          expected=self.scenario.expect(start_method.split(" ")[0]), seconds=time.monotonic() - started,
+                          detail=detail, worker_log=str(self.log_path), start_method=start_method, **kw)
+        if child:
+            verdict.extra["pool_child"] = child  # what the child said about itself (poolstart.child_record)
+        return verdict
 
     def _send_and_watch(self, started: float) -> Verdict:
         s = self.scenario
@@ -441,6 +461,8 @@ class ScenarioRun:
     def _cleanup(self) -> None:
         import shutil
 
+        if self.server is not None:  # after the worker (stop() came first): nothing talks to it now
+            self.server.stop()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
         if not self.options.keep_data:

@@ -1,8 +1,10 @@
-"""Outcomes, the verdict record, and the outcome expected per platform.
+"""Outcomes, the verdict record, and the outcome expected per start method and platform.
 
 Expected outcomes are what this repository *measured* with the pinned versions
 (Linux x86_64, see docs/), and what the original report describes for macOS
-(the pool child dies with SIGTRAP raised by libdispatch).
+(a *forked* pool child dies with SIGTRAP raised by libdispatch). Which start
+method applies is read from the pool child itself (forksafety/poolstart.py),
+never assumed from the platform: billiard >= 4.3 spawns on macOS by default.
 """
 
 from __future__ import annotations
@@ -68,17 +70,37 @@ _LINUX = {
     ("prefork", "module-level"): Expected(Outcome.HANG),
     ("prefork", "lazy-in-task"): Expected(Outcome.HANG),
 }
-# macOS: NOT measured by this repository (no macOS machine). module-level is
-# what the original report shows (the child dies with SIGTRAP raised by
-# libdispatch); lazy-in-task is assumed to share its fate for the reason above.
+# macOS, for a FORKED child: NOT measured by this repository (no macOS machine).
+# module-level is what the original report shows (billiard 4.2.3 forked; the
+# child dies with SIGTRAP raised by libdispatch); lazy-in-task is assumed to share
+# its fate for the reason above. billiard >= 4.3 spawns on macOS by default: PASS.
 _DARWIN = {
     ("prefork", "module-level"): Expected(Outcome.CRASH, "SIGTRAP"),
     ("prefork", "lazy-in-task"): Expected(Outcome.CRASH, "SIGTRAP"),
 }
 
 
-def expected_outcome(pool: str, variant: str = "module-level", platform: str | None = None) -> Expected:
-    """The outcome we expect for ``pool`` / ``variant`` on ``platform`` (default: this one)."""
+# Start methods whose pool child does not inherit the worker's store: the child is a
+# fresh interpreter (spawn) or forked from billiard's clean fork server (forkserver),
+# and creates the module-level store again, with its own threads.
+FRESH_START_METHODS = ("spawn", "forkserver")
+
+
+def expected_outcome(pool: str, variant: str = "module-level", platform: str | None = None,
+                     start_method: str | None = "fork") -> Expected:
+    """The outcome we expect for ``pool`` / ``variant`` on ``platform`` (default: this one),
+    given the ``start_method`` the prefork pool child really used (``fork``, ``spawn``,
+    ``forkserver``; read from the child, see forksafety/poolstart.py).
+
+    Only a forked child inherits the store: HANG on Linux, CRASH SIGTRAP on macOS.
+    A spawned or forkserver child: PASS. The ``spawn``/``forkserver`` variants whose
+    child was nevertheless forked (a Celery that ignored the setting) expect what
+    module-level expects.
+    """
+    if pool == "prefork" and start_method in FRESH_START_METHODS:
+        return Expected(Outcome.PASS)
+    if variant in FRESH_START_METHODS:
+        variant = "module-level"
     table = _DARWIN if (platform or current_platform()) == "darwin" else _LINUX
     return table.get((pool, variant), Expected(Outcome.PASS))
 
@@ -128,6 +150,8 @@ class Verdict(Record):
     seconds: wall time of the scenario, worker start to worker stopped.
     verdict_seconds: from the task reaching the pool child (STARTED seen) to the verdict.
     rule: for HANG, the rule that decided it (deadlock-proven, stalled, deadline).
+    start_method: how the pool child was started (fork, spawn, forkserver), as the
+      child itself reported it; "no pool child" for the non-prefork pools.
     """
 
     pool: str
@@ -143,6 +167,7 @@ class Verdict(Record):
     worker_log: str | None = None
     evidence: dict | None = None
     extra: dict = field(default_factory=dict)
+    start_method: str | None = None
 
     SECONDS_DIGITS = 2
 

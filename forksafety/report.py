@@ -48,22 +48,23 @@ def write_json(path: Path, record: dict) -> Path:
 
 
 def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix", width: int = 140) -> Table:
-    """A rich Table: pool, variant, outcome, expected, match, seconds and, when the
+    """A rich Table: pool, variant, start method (as the pool child reported it), outcome, expected, match, seconds and, when the
     console is at least 120 columns wide, the detail. Outcome columns never wrap or shrink."""
     table = Table(title=title)
     fixed = {"no_wrap": True}
     table.add_column("pool", **fixed)
     table.add_column("variant", **fixed)
+    table.add_column("start method", **fixed)
     table.add_column("outcome", **fixed)
     table.add_column("expected", **fixed)
     table.add_column("match", justify="center", **fixed)
     table.add_column("seconds", justify="right", **fixed)
     with_detail = width >= 120
     if with_detail:
-        table.add_column("detail", overflow="ellipsis", no_wrap=True, max_width=max(20, width - 95))
+        table.add_column("detail", overflow="ellipsis", no_wrap=True, max_width=max(20, width - 110))
     for v in verdicts:
         colour = "green" if v.matched else "red"
-        row = [v.pool, v.variant, f"[{colour}]{v.outcome_text()}[/]", str(v.expected),
+        row = [v.pool, v.variant, v.start_method or "-", f"[{colour}]{v.outcome_text()}[/]", str(v.expected),
                "yes" if v.matched else "[red]NO[/]", f"{v.seconds:.1f}"]
         if with_detail:
             row.append(v.detail.splitlines()[0] if v.detail else "")
@@ -73,9 +74,9 @@ def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix", wi
 
 def markdown_table(results: list[dict]) -> str:
     """The results table in Markdown (for docs/), from the JSON record's ``results``."""
-    rows = ["| pool | variant | outcome | expected | match | seconds |", "|---|---|---|---|---|---|"]
+    rows = ["| pool | variant | start method | outcome | expected | match | seconds |", "|---|---|---|---|---|---|---|"]
     for r in results:
         outcome = outcome_text(r["outcome"], r.get("signal"), r.get("rule"))
-        rows.append(f"| {r['pool']} | {r['variant']} | {outcome} | {r['expected']} | "
+        rows.append(f"| {r['pool']} | {r['variant']} | {r.get('start_method') or '-'} | {outcome} | {r['expected']} | "
                     f"{'yes' if r['matched'] else 'NO'} | {r['seconds']:.1f} |")
     return "\n".join(rows)

@@ -15,6 +15,11 @@ How it works, and what it relies on:
   celery/worker/worker.py). Each pool child is a fresh interpreter that
   imports the task modules itself: module-level resources are created again,
   with their own threads.
+* ``fork``: Celery's ``worker_pool_start_method = "fork"`` (its default) only
+  calls billiard's ``forking_enable(True)``, which keeps billiard's default
+  context: ``spawn`` on macOS from billiard 4.3 (billiard/context.py). To fork
+  on every platform (e.g. to reproduce the report on a Mac), this also calls
+  ``billiard.context._force_start_method("fork")``.
 * ``forkserver``: Celery has no setting for it, so this calls
   ``billiard.context._force_start_method("forkserver")``, a private billiard
   function (name starts with an underscore; billiard 4.3.2 is pinned and a test
@@ -55,6 +60,13 @@ def use_start_method(app, method: str) -> None:
         context._force_start_method("forkserver")  # private: see the module docstring
         os.environ["FORKED_BY_MULTIPROCESSING"] = "1"
         app.conf.worker_pool_start_method = "fork"  # Celery must not override it
+    elif method == "fork":
+        from billiard import context
+
+        # Celery's "fork" only calls forking_enable(True), which keeps billiard's
+        # default: spawn on macOS from billiard 4.3. Force fork for real.
+        context._force_start_method("fork")  # private: see the module docstring
+        app.conf.worker_pool_start_method = "fork"
     else:
         app.conf.worker_pool_start_method = method
 

@@ -17,16 +17,15 @@ if TYPE_CHECKING:
     from langchain_chroma import Chroma
 
 
-def make_store(settings: Settings, persist_directory: Path | None = None) -> "Chroma":
-    """Create (or open) the Chroma store in ``persist_directory``.
+def make_store(settings: Settings, persist_directory: Path | None = None, client=None) -> "Chroma":
+    """Create (or open) the Chroma store in ``persist_directory``, or through ``client``.
 
-    persist_directory: default ``settings.chroma_dir``.
+    persist_directory: default ``settings.chroma_dir``. client: a chromadb client
+    (e.g. ``chromadb.HttpClient``) to use instead of an embedded one.
     Raises chromadb's own errors (e.g. an invalid collection name).
     """
     from langchain_chroma import Chroma
 
-    return Chroma(
-        collection_name=settings.collection_name,
-        embedding_function=make_embeddings(settings),
-        persist_directory=str(persist_directory or settings.chroma_dir),
-    )
+    where = {"client": client} if client is not None else \
+        {"persist_directory": str(persist_directory or settings.chroma_dir)}
+    return Chroma(collection_name=settings.collection_name, embedding_function=make_embeddings(settings), **where)

@@ -427,6 +427,7 @@ TEMP_KINDS: dict[str, str] = {
     "check": "python -m forksafety check (forksafety.check)",
     "lab": "python -m forksafety lab (forksafety.lab), one per case",
     "strace": "demo_crash.py --strace (forksafety.cli_demo)",
+    "versions": "make versions (forksafety.versionsets), the matrix's records and logs",
 }
 
 

@@ -30,10 +30,12 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     # 3 products: the Celery harness, the demo, the checker (check, checkrun, guard, lab, cases), docs, inspect
     "harness": (PRODUCTS, "harness"), "app": (PRODUCTS, "harness"), "broker": (PRODUCTS, "harness"),
     "store": (PRODUCTS, "harness"), "embeddings": (PRODUCTS, "harness"), "startmethod": (PRODUCTS, "harness"),
+    "poolstart": (PRODUCTS, "harness"), "escapes": (PRODUCTS, "harness"), "chromaserver": (PRODUCTS, "harness"),
     "demo": (PRODUCTS, "demo"),
     "check": (PRODUCTS, "check"), "checkrun": (PRODUCTS, "check"), "guard": (PRODUCTS, "check"),
     "lab": (PRODUCTS, "check"), "cases": (PRODUCTS, "check"),
     "docs": (PRODUCTS, "docs"),
+    "versionsets": (PRODUCTS, "versions"),
     # inspect PID: the verdict on a process that is stuck now (watch rules, procinfo, capture, origins)
     "diagnose": (PRODUCTS, "inspect"),
     # 4 entry points
