@@ -57,7 +57,8 @@ VOCABULARY: dict[str, VariantName] = {v.name: v for v in (
                 "(chroma_api_impl setting), which skips the Rust bindings where the version still has it",
                 frozenset({CELERY})),
     VariantName("chroma-server", "a real Chroma server (chroma run on a loopback port) and a module-level "
-                "chromadb.HttpClient: the worker holds an HTTP client; the store lives in the server, which is never forked",
+                "chromadb.HttpClient: the worker holds an HTTP client; the store lives in the server, "
+                "which is never forked",
                 frozenset({CELERY})),
     VariantName("other-dir", "the parent opened the store; the child creates a new one in another "
                 "persist_directory", frozenset({DEMO})),
