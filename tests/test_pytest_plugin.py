@@ -68,6 +68,9 @@ def test_fork_alone():
 @pytest.fixture
 def project(pytester, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the checkout has no pytest11 entry point: -p loads it
+    # ... unless `pip install /path/to/checkout` (README) left forksafety.egg-info in it: then the
+    # entry point registers the plugin too and pytest refuses the second name; -p alone loads it
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makepyfile(test_forks=PROJECT)
     return pytester
 
