@@ -46,28 +46,29 @@ def main() -> int:
     parser.add_argument("targets", nargs="*", default=DEFAULT_TARGETS, help="modules to time")
     parser.add_argument("--runs", type=int, default=5, help="runs per command (default 5)")
     args = parser.parse_args()
-    scratch = tempfile.mkdtemp(prefix="forksafety-bench-")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CHROMA_DIR": scratch, "FORKSAFETY_CASE_DIR": scratch,
-           # as on a user's machine: compiled modules cached (here under a private prefix, not in the repo)
-           "PYTHONPYCACHEPREFIX": os.path.join(scratch, "pycache")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.runs} runs per command, "
-          f"budget {BUDGET:g} s")
-    print(f"{'target':<36} {'import alone':>12} {'check':>8} {'overhead':>9}")
-    worst = 0.0
-    for target in args.targets:
-        base, check = [], []
-        timed([sys.executable, "-c", f"import {target}"], env)  # warm the page cache and .pyc files
-        for _ in range(args.runs):
-            # os._exit: the target's own import, without the interpreter's teardown (the check skips it too)
-            base.append(timed([sys.executable, "-c", f"import {target}, os; os._exit(0)"], env))
-            check.append(timed([sys.executable, "-m", "forksafety", "check", target], env))
-        b, c = statistics.median(base), statistics.median(check)
-        worst = max(worst, c - b)
-        print(f"{target:<36} {b:>10.3f} s {c:>6.3f} s {c - b:>+7.3f} s")
-    verdict = "within" if worst <= BUDGET else "OVER"
-    print(f"overhead figure: check adds at most {worst:.3f} s to a target's own import "
-          f"({verdict} the {BUDGET:g} s budget)")
+    # removed at the end, also when a command fails or the run is interrupted
+    with tempfile.TemporaryDirectory(prefix="forksafety-bench-") as scratch:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "CHROMA_DIR": scratch, "FORKSAFETY_CASE_DIR": scratch,
+               # as on a user's machine: compiled modules cached (here under a private prefix, not in the repo)
+               "PYTHONPYCACHEPREFIX": os.path.join(scratch, "pycache")}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.runs} runs per command, "
+              f"budget {BUDGET:g} s")
+        print(f"{'target':<36} {'import alone':>12} {'check':>8} {'overhead':>9}")
+        worst = 0.0
+        for target in args.targets:
+            base, check = [], []
+            timed([sys.executable, "-c", f"import {target}"], env)  # warm the page cache and .pyc files
+            for _ in range(args.runs):
+                # os._exit: the target's own import, without the interpreter's teardown (the check skips it too)
+                base.append(timed([sys.executable, "-c", f"import {target}, os; os._exit(0)"], env))
+                check.append(timed([sys.executable, "-m", "forksafety", "check", target], env))
+            b, c = statistics.median(base), statistics.median(check)
+            worst = max(worst, c - b)
+            print(f"{target:<36} {b:>10.3f} s {c:>6.3f} s {c - b:>+7.3f} s")
+        verdict = "within" if worst <= BUDGET else "OVER"
+        print(f"overhead figure: check adds at most {worst:.3f} s to a target's own import "
+              f"({verdict} the {BUDGET:g} s budget)")
     return 0 if worst <= BUDGET else 1
 
 

@@ -74,7 +74,7 @@ def build_parser(tool: str) -> Parser:
                         "and the output says so)")
     p.add_argument("--keep-data", action="store_true", help="keep the run's Chroma folder")
     p.add_argument("--log-dir", type=path_arg, default=REPO_ROOT / "crash_dumps", metavar="DIR",
-                   help="where the log goes (default crash_dumps/)")
+                   help="where the log goes (default crash_dumps/ of this checkout, from any folder)")
     p.epilog = ("Every run first removes the Chroma folders demo-<variant>-<pid>-* of killed demo runs "
                 "(their process is gone).")
     return p

@@ -108,7 +108,7 @@ def build_parser() -> Parser:
     p.add_argument("--no-stacks", action="store_true", help="skip py-spy/pystack stacks of a hung child")
     p.add_argument("--keep-data", action="store_true", help="keep the run's Chroma folder")
     p.add_argument("--log-dir", type=path_arg, default=REPO_ROOT / "crash_dumps", metavar="DIR",
-                   help="where logs and traces go (default crash_dumps/)")
+                   help="where logs and traces go (default crash_dumps/ of this checkout, from any folder)")
     p.epilog = ("Every run first removes what killed runs left behind: Chroma folders demo-<variant>-<pid>-* "
                 "whose process is gone, and temporary folders forksafety-strace-<pid>-* of --strace runs.")
     return p

@@ -1,7 +1,7 @@
 """``forksafety inspect PID...``: is this process stuck now, and why? (see forksafety/diagnose.py)
 
     forksafety inspect 4242
-    forksafety inspect $(pgrep -f ForkPoolWorker) --window 1.5
+    forksafety inspect $(pgrep -P WORKER_MAIN_PID) --window 1.5   # the prefork pool children
 
 Exit codes: 0 no process is stuck, 1 one is (deadlock-proven or stalled), 2 bad
 usage, or a pid that does not exist or may not be traced (one line each; the

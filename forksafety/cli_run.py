@@ -69,7 +69,7 @@ def build_parser() -> Parser:
     p.add_argument("--no-capture", action="store_true", help="skip py-spy/pystack capture of hung children")
     p.add_argument("--keep-data", action="store_true", help="keep the per-scenario Chroma folders")
     p.add_argument("--log-dir", type=path_arg, default=harness.REPO_ROOT / "crash_dumps", metavar="DIR",
-                   help="worker logs and captures (default crash_dumps/)")
+                   help="worker logs and captures (default crash_dumps/ of this checkout, from any folder)")
     return p
 
 

@@ -115,7 +115,8 @@ def check_inspectable(pid: int) -> psutil.Process:
         name = proc.name()
     except psutil.NoSuchProcess:
         raise ProcessNotFoundError(f"no process has pid {pid}",
-                                   "give the pid of a running process (ps -eo pid,cmd | grep ForkPoolWorker)") from None
+                                   "give the pid of a running process (ps -eo pid,ppid,cmd | grep celery: "
+                                   "a pool child's ppid is the worker's main process)") from None
     except psutil.AccessDenied:
         raise PtraceError(f"you may not inspect pid {pid}: the OS refused to show it", NOT_TRACEABLE_HELP) from None
     if status == psutil.STATUS_ZOMBIE:

@@ -205,7 +205,8 @@ def capture(out: Path, progress=print) -> None:
     (app / "test_app.py").write_text(TEST_PROJECT)
     jobs.append(("pytest", [PY, "-m", "pytest", "-p", "forksafety.pytest_plugin", "-p", "no:cacheprovider",
                             "--forksafety=strict", "-q", "--no-header", "-rN", "--tb=short", "test_app.py"], app,
-                 {"PYTHONPATH": str(REPO_ROOT)}, (1,)))
+                 # -p only: a forksafety.egg-info left in the checkout by `pip install .` would register it twice
+                 {"PYTHONPATH": str(REPO_ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}, (1,)))
     for label, argv, cwd, env, codes in jobs:
         done = _run(argv, tool / f"{label}.out", cwd, env)
         progress(f"  tool {label:<27} exit {done.returncode}")

@@ -3,6 +3,7 @@ the cheap commands run, and every captured block was written by `make docs`."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -104,7 +105,21 @@ def test_cheap_documented_commands_run():
         assert done.returncode == code, (argv, done.stdout[-500:], done.stderr[-500:])
 
 
-def test_check_names_the_bug_in_the_task_module():
+def test_check_names_the_bug_in_the_task_module(tmp_path):
+    # the module opens its store in CHROMA_DIR: a private one, not the checkout's chroma_data/ (or a .env's)
     done = subprocess.run([sys.executable, "-m", "forksafety", "check", "celery_examples/tasks_pool_test.py"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CHROMA_DIR": str(tmp_path / "chroma")})
     assert done.returncode == 1 and "UNSAFE" in done.stdout and "tokio-rt-worker" in done.stdout
+    assert (tmp_path / "chroma" / "chroma.sqlite3").exists()
+
+
+def test_check_overhead_benchmark_prints_its_figure_and_leaves_no_temp_folder(tmp_path):
+    """README lists benchmarks/check_overhead.py: it prints the overhead figure, and its
+    scratch folder (CHROMA_DIR, case folder, pycache prefix) is gone afterwards."""
+    done = subprocess.run([sys.executable, "benchmarks/check_overhead.py", "--runs", "1", "forksafety.cases.plain"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode in (0, 1), done.stderr[-500:]  # 1: over the budget on a loaded machine
+    assert "overhead figure: check adds at most" in done.stdout
+    assert list(tmp_path.iterdir()) == []

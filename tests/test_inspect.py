@@ -122,7 +122,8 @@ def test_missing_pid_is_one_line_and_exit_2(tmp_path):
     out = inspect(proc.pid, cwd=tmp_path)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.splitlines() == [f"python -m forksafety inspect: error: no process has pid {proc.pid}: "
-                                       "give the pid of a running process (ps -eo pid,cmd | grep ForkPoolWorker)"]
+                                       "give the pid of a running process "
+                                       "(ps -eo pid,ppid,cmd | grep celery: a pool child's ppid is the worker's main process)"]
 
 
 def test_a_kernel_thread_cannot_be_traced_one_line_exit_2(tmp_path):

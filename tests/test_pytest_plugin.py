@@ -6,6 +6,7 @@ multiprocessing's and billiard's fork contexts are covered; warn only warns."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,9 @@ def test_fork_alone():
 @pytest.fixture
 def project(pytester, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the checkout has no pytest11 entry point: -p loads it
+    # ... unless `pip install /path/to/checkout` (README) left forksafety.egg-info in it: then the
+    # entry point registers the plugin too and pytest refuses the second name; -p alone loads it
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makepyfile(test_forks=PROJECT)
     return pytester
 
@@ -106,3 +110,18 @@ def test_a_bad_mode_is_a_usage_error(project):
     result = run(project, "--forksafety=loud")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "invalid choice: 'loud'" in result.stderr.str()
+
+
+def test_thread_origin_names_the_test_not_the_pytest_console_script(project):
+    """Users run the ``pytest`` console script (venv/bin/pytest), not ``python -m pytest``:
+    the thread's origin must be the test's line, not the script's ``<module>``."""
+    script = Path(sys.executable).parent / "pytest"
+    if not script.exists():
+        pytest.skip(f"no pytest console script next to {sys.executable}")
+    result = project.run(str(script), "-p", "forksafety.pytest_plugin", "-p", "no:cacheprovider",
+                         "--forksafety=strict", "-q", "--tb=short", "test_forks.py::test_os_fork_with_thread",
+                         timeout=120)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert "1 x poller (Python thread running threading.Event.wait, started at test_forks.py:" in out
+    assert f"started at {script}" not in out and "bin/pytest:" not in out

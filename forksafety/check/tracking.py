@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ def python_stack(skip: int = 1, limit: int = 200) -> list[Frame]:
 # Named as modules, not as file names, so a moved or renamed file cannot silently break this.
 OWN_MODULES = ("forksafety.check", "forksafety.checkrun", "forksafety.guard")
 STDLIB_DIR = os.path.dirname(os.__file__)
+SCRIPTS_DIR = os.path.abspath(sysconfig.get_path("scripts"))  # console scripts: pytest, celery, ...
 
 
 def module_file(name: str) -> str:
@@ -76,8 +78,13 @@ def is_own_file(filename: str) -> bool:
 
 
 def is_library_file(filename: str) -> bool:
-    """True for site-packages and standard-library files (not the user's own code)."""
-    return "site-packages" in filename or (filename.startswith(STDLIB_DIR) and "site-packages" not in filename)
+    """True for site-packages and standard-library files, and for the environment's
+    console scripts (``venv/bin/pytest``, ``venv/bin/celery``: the folder is
+    ``sysconfig.get_path("scripts")``, the files pip generates from entry points):
+    not the user's own code."""
+    if "site-packages" in filename or filename.startswith(STDLIB_DIR):
+        return True
+    return not filename.startswith("<") and os.path.dirname(os.path.abspath(filename)) == SCRIPTS_DIR
 
 
 def format_stack(frames: list[Frame] | None, limit: int = 8) -> list[str]:
