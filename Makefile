@@ -139,9 +139,9 @@ native-demo-lldb: $(PY) ## lldb attached to the stuck child: crash_dumps/lldb_*.
 native-demo-strace: $(PY) ## The demo under strace -f: crash_dumps/strace_*.trace
 	$(PY) scripts/demo_crash.py --strace $(ARGS)
 
-native-clean: ## Delete everything in crash_dumps/ but its README.md, and chroma_data/, chroma_db/
+native-clean: ## Delete everything in crash_dumps/ but its README.md, chroma_data/, chroma_db/, and build/ + forksafety.egg-info/ (left by pip install .)
 	find crash_dumps -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
-	rm -rf chroma_data chroma_db
+	rm -rf chroma_data chroma_db build forksafety.egg-info
 
 docs: $(PY) ## Run the captures (demo, gdb, strace, matrix) and regenerate the captured blocks of README.md and docs/
 	$(PY) scripts/make_docs.py $(ARGS)

@@ -180,10 +180,12 @@ def installed_mode() -> str | None:
 # --------------------------------------------------------------------------------------
 CELERY_FIXES = [
     "create it in each pool child instead, from a celery.signals.worker_process_init handler "
-    "(see celery_examples/tasks_worker_process_init.py)",
+    "(an example: celery_examples/tasks_worker_process_init.py in forksafety's repository)",
     "use a pool that does not fork: --pool threads or --pool solo",
-    "start the pool children with spawn: POOL_START_METHOD=spawn (forksafety.app.make_app) or "
-    "forksafety.startmethod.use_start_method(app, \"spawn\") (Celery's worker_pool_start_method = \"spawn\")",
+    # worker_pool_start_method: in celery 5.7.0 (our pin), not in 5.5.3 (make versions, docs/VERSIONS.md)
+    "start the pool children with spawn: app.conf.worker_pool_start_method = \"spawn\" (celery 5.7 has "
+    "this setting, 5.5.3 does not), or forksafety.startmethod.use_start_method(app, \"spawn\"); "
+    "the harness's own apps: POOL_START_METHOD=spawn",
 ]
 
 
