@@ -63,7 +63,7 @@ from .errors import ForkSafetyError
 from .outcome import Outcome, current_platform
 from .report import write_json
 from .settings import REPO_ROOT, check_writable, load_settings
-from .variants import DEMO
+from .variants import ALIASES, DEMO
 from .versions import header_lines
 from .watch import RULE_DEADLINE, make_temp_dir, set_parent_death_signal
 
@@ -81,13 +81,15 @@ UNDER_STRACE_ENV = "FORKSAFETY_DEMO_UNDER_STRACE"
 def build_parser() -> Parser:
     """The demo's argparse parser."""
     names = ", ".join(VARIANTS)
+    old_names = ", ".join(f"{old} (= {new})" for old, new in ALIASES.items())
     p = Parser(prog=PROG, description="Fork a child after opening a ChromaDB store in the parent and report "
                "what happens to the child: PASS, HANG (with evidence), CRASH <signal> or ERROR.")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--fixed", action="store_true",
                        help="the fix: create the store only in the child, after the fork (= --variant fixed)")
     which.add_argument("--variant", metavar="NAME", type=variant_type(DEMO), action=OnceAction,
-                       help=f"what parent and child do (default {DEFAULT_VARIANT}): {names}; see --list")
+                       help=f"what parent and child do (default {DEFAULT_VARIANT}): {names}; see --list. "
+                            f"Older names still accepted: {old_names}")
     p.add_argument("--list", action="store_true", help="list the variants with their expected outcomes and exit")
     p.add_argument("--timeout", type=seconds_type(), default=10.0, metavar="SECONDS",
                    help=f"how long the parent waits for the child (default 10; {MIN_SECONDS:g} to {MAX_SECONDS:g}). "
