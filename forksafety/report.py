@@ -13,11 +13,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .outcome import Verdict, outcome_text
+from .outcome import Record, outcome_text
 from .versions import package_versions, platform_record
 
 
-def results_record(verdicts: list[Verdict], broker: str, **extra: object) -> dict:
+def results_record(verdicts: list[Record], broker: str, **extra: object) -> dict:
     """The JSON-ready record of a run."""
     plat = platform_record()
     return {
@@ -47,23 +47,29 @@ def write_json(path: Path, record: dict) -> Path:
     return path
 
 
-def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix", width: int = 140) -> Table:
-    """A rich Table: pool, variant, outcome, expected, match, seconds and, when the
-    console is at least 120 columns wide, the detail. Outcome columns never wrap or shrink."""
+def results_table(verdicts: list[Record], title: str = "Celery pool matrix", width: int = 140,
+                  keys: tuple[str, str] = ("pool", "variant")) -> Table:
+    """A rich Table: the two ``keys`` columns (attributes of each record: pool and
+    variant for Celery, runner and variant for the runner matrix), outcome,
+    expected, match, seconds and, when the console is at least 120 columns wide,
+    the detail. Outcome columns never wrap or shrink."""
     table = Table(title=title)
     fixed = {"no_wrap": True}
-    table.add_column("pool", **fixed)
-    table.add_column("variant", **fixed)
+    for key in keys:
+        table.add_column(key, **fixed)
     table.add_column("outcome", **fixed)
     table.add_column("expected", **fixed)
     table.add_column("match", justify="center", **fixed)
     table.add_column("seconds", justify="right", **fixed)
     with_detail = width >= 120
     if with_detail:
-        table.add_column("detail", overflow="ellipsis", no_wrap=True, max_width=max(20, width - 95))
+        # 95 columns for the rest when the keys are as wide as Celery's (pool, variant: 27)
+        keys_width = sum(max([len(k)] + [len(str(getattr(v, k))) for v in verdicts]) for k in keys)
+        table.add_column("detail", overflow="ellipsis", no_wrap=True,
+                         max_width=max(20, width - 95 - max(0, keys_width - 27)))
     for v in verdicts:
         colour = "green" if v.matched else "red"
-        row = [v.pool, v.variant, f"[{colour}]{v.outcome_text()}[/]", str(v.expected),
+        row = [str(getattr(v, keys[0])), str(getattr(v, keys[1])), f"[{colour}]{v.outcome_text()}[/]", str(v.expected),
                "yes" if v.matched else "[red]NO[/]", f"{v.seconds:.1f}"]
         if with_detail:
             row.append(v.detail.splitlines()[0] if v.detail else "")

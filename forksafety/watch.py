@@ -329,6 +329,9 @@ def stop_tree(pid: int, grace: float = 1.0, sig: int = signal.SIGTERM, pgid: int
 
 RUN_ID_ENV = "FORKSAFETY_RUN_ID"
 SCENARIO_ENV = "FORKSAFETY_SCENARIO"
+# the pid of the runner that started a process (set by the runner matrix): a process
+# whose owner is gone was left by a killed runner (see sweep_orphans)
+OWNER_ENV = "FORKSAFETY_OWNER_PID"
 
 
 def processes_of_run(run_id: str, name: str = RUN_ID_ENV) -> list[psutil.Process]:
@@ -365,6 +368,27 @@ def sweep_run(run_id: str, grace: float = 1.0, name: str = RUN_ID_ENV, rounds: i
         found += [p.pid for p in procs]
         stop_processes(procs, grace=grace, reap=reap)
     return found
+
+
+def sweep_orphans(name: str = OWNER_ENV, grace: float = 0.5) -> list[int]:
+    """Stop every process tagged ``name=<pid>`` whose owner ``pid`` is gone: left by a
+    runner that was killed (SIGKILL leaves no time to clean up; PR_SET_PDEATHSIG
+    reaches only the runner's direct children, not what they forked). A pid taken
+    over by a process started after the tagged one counts as gone. Returns the
+    pids stopped (normally none). Bounded: ``grace`` + 5 seconds."""
+    orphans = []
+    for proc in psutil.process_iter():
+        try:
+            owner = proc.environ().get(name)
+            if proc.pid == os.getpid() or not owner or not owner.isdigit() or process_gone(proc):
+                continue
+            if int(owner) == os.getpid() or _creator_alive(int(owner), proc.create_time()):
+                continue
+            orphans.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    stop_processes(orphans, grace=grace, reap=True)
+    return [p.pid for p in orphans]
 
 
 def remove_stale_pid_folders(parent: Path, pattern: re.Pattern) -> list[Path]:
@@ -420,6 +444,7 @@ TEMP_KINDS: dict[str, str] = {
     "check": "python -m forksafety check (forksafety.check)",
     "lab": "python -m forksafety lab (forksafety.lab), one per case",
     "strace": "demo_crash.py --strace (forksafety.cli_demo)",
+    "runners": "the runner matrix (forksafety.runners), one per scenario",
 }
 
 

@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     "versions": (FOUNDATION, None),
     # 2 mechanics
     "watch": (MECHANICS, None), "forkchild": (MECHANICS, None), "capture": (MECHANICS, None),
-    "report": (MECHANICS, None),
+    "report": (MECHANICS, None), "loopback": (MECHANICS, None),
     # 3 products: the Celery harness, the demo, the checker (check, checkrun, guard, lab, cases), docs
     "harness": (PRODUCTS, "harness"), "app": (PRODUCTS, "harness"), "broker": (PRODUCTS, "harness"),
     "store": (PRODUCTS, "harness"), "embeddings": (PRODUCTS, "harness"), "startmethod": (PRODUCTS, "harness"),
