@@ -34,6 +34,7 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     "check": (PRODUCTS, "check"), "checkrun": (PRODUCTS, "check"), "guard": (PRODUCTS, "check"),
     "lab": (PRODUCTS, "check"), "cases": (PRODUCTS, "check"),
     "docs": (PRODUCTS, "docs"),
+    "runners": (PRODUCTS, "runners"),
     # 4 entry points
     "cli": (ENTRY, None), "__main__": (ENTRY, None), "bootstrap": (ENTRY, None),
 }
