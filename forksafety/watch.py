@@ -275,11 +275,12 @@ ZOMBIE_REAP_WAIT = 3.0  # seconds stop_group gives init to reap the zombies of a
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 2.0, sig: int = signal.SIGTERM,
-               kill_wait: float = 5.0) -> list[int]:
+               kill_wait: float = 5.0, zombie_wait: float = ZOMBIE_REAP_WAIT) -> list[int]:
     """Stop ``proc`` and every process of its process group (it leads one: started with
     ``start_new_session``): ``sig`` to the group, up to ``grace`` seconds, then SIGKILL
     and up to ``kill_wait`` seconds; ``sig=SIGKILL`` kills at once. Reaps ``proc``
-    (bounded, 5 s). Members that are zombies count as gone. Returns the pids of the
+    (bounded, 5 s). Members that are zombies count as gone; up to ``zombie_wait``
+    seconds go to letting init reap them (0: do not wait, they run nothing). Returns the pids of the
     group still running (normally [])."""
     pgid = proc.pid
     for signum, wait in ((sig, grace), (signal.SIGKILL, kill_wait)):
@@ -296,7 +297,8 @@ def stop_group(proc: subprocess.Popen, grace: float = 2.0, sig: int = signal.SIG
             proc.poll()
             if proc.returncode is not None and not group_members(pgid):
                 # only zombies left: give their new parent (init) a moment to reap them
-                wait_until(lambda: not group_alive(pgid), ZOMBIE_REAP_WAIT, interval=0.01)
+                if zombie_wait > 0:
+                    wait_until(lambda: not group_alive(pgid), zombie_wait, interval=0.01)
                 return []
             if time.monotonic() >= deadline:
                 break

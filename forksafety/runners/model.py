@@ -326,7 +326,8 @@ class ScenarioRun:
                 return
             for proc in reversed(self.ctx.procs):
                 if proc.popen is not None:
-                    stop_group(proc.popen, grace=STOP_GRACE, sig=proc.stop_signal)
+                    # zombies left by a stopped worker run nothing: init reaps them later
+                    stop_group(proc.popen, grace=STOP_GRACE, sig=proc.stop_signal, zombie_wait=0)
             sweep_run(self.scenario_id, grace=STOP_GRACE, name=SCENARIO_ENV)
 
     def cancel(self) -> None:
