@@ -77,11 +77,18 @@ def results_table(verdicts: list[Record], title: str = "Celery pool matrix", wid
     return table
 
 
-def markdown_table(results: list[dict]) -> str:
-    """The results table in Markdown (for docs/), from the JSON record's ``results``."""
-    rows = ["| pool | variant | outcome | expected | match | seconds |", "|---|---|---|---|---|---|"]
+def markdown_table(results: list[dict], keys: tuple[str, ...] = ("pool", "variant"), detail: int = 0) -> str:
+    """The results table in Markdown (for docs/), from the JSON record's ``results``:
+    the ``keys`` columns, outcome, expected, match, seconds, and with ``detail`` > 0
+    the detail's first line cut to that many characters."""
+    head = [*keys, "outcome", "expected", "match", "seconds"] + (["detail"] if detail else [])
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         outcome = outcome_text(r["outcome"], r.get("signal"), r.get("rule"))
-        rows.append(f"| {r['pool']} | {r['variant']} | {outcome} | {r['expected']} | "
-                    f"{'yes' if r['matched'] else 'NO'} | {r['seconds']:.1f} |")
+        cells = [str(r[k]) for k in keys] + [outcome, r["expected"], "yes" if r["matched"] else "NO",
+                                             f"{r['seconds']:.1f}"]
+        if detail:
+            text = (r.get("detail") or "").splitlines()[0] if r.get("detail") else ""
+            cells.append((text if len(text) <= detail else text[: detail - 1] + "…").replace("|", "\\|"))
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

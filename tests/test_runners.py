@@ -98,9 +98,12 @@ def test_matrix_outcomes_are_the_documented_ones(matrix):
     assert outcomes[("huey", "process")] == "HANG" and outcomes[("dramatiq", "default")] == "PASS"
     assert outcomes[("multiprocessing", "pool-fork")] == "HANG" and outcomes[("multiprocessing", "spawn")] == "PASS"
     fastapi = next(r for r in record["results"] if (r["runner"], r["variant"]) == ("fastapi", "prefork"))
-    assert "status PENDING -> STARTED" in fastapi["detail"] and "SUCCESS" not in fastapi["detail"]
+    # what the report's user saw over HTTP: the status never reaches SUCCESS (it stops at STARTED:
+    # task_track_started is on here), and the pool child is the stuck process
+    assert fastapi["detail"].startswith("status ") and "STARTED" in fastapi["detail"]
+    assert "SUCCESS" not in fastapi["detail"]
     fixed = next(r for r in record["results"] if (r["runner"], r["variant"]) == ("fastapi", "worker-process-init"))
-    assert fixed["detail"].startswith("status PENDING") and "SUCCESS" in fixed["detail"]
+    assert fixed["detail"].startswith("status ") and "SUCCESS; added 2 documents" in fixed["detail"]
 
 
 def test_nothing_survives_the_matrix(matrix):

@@ -201,8 +201,11 @@ class Huey(Driver):
     def processes(self, ctx: Context) -> list[Proc]:
         ctx.state["texts"] = TEXTS
         env = {"HUEY_NAME": f"forksafety-{ctx.scenario.name}"}
+        # ready once it imported the module (a store created by the producer at the same time,
+        # in the same fresh folder, would race chromadb's first-time schema set-up)
         consumer = Proc("consumer", [ctx.program("huey_consumer"), f"{self.module}.huey", "-k", "process",
-                                     "-w", "1", "--no-periodic"], env=env, stop_signal=signal.SIGINT)
+                                     "-w", "1", "--no-periodic"], env=env, stop_signal=signal.SIGINT,
+                        ready_line="Huey consumer started")
         producer = Proc("producer", [PY, "-m", "runner_examples.enqueue", "huey", self.module], env=env,
                         may_exit=True)
         return [consumer, producer]
@@ -223,7 +226,8 @@ class Dramatiq(Driver):
         env = {"DRAMATIQ_QUEUE": f"forksafety-{ctx.scenario.name}"}
         argv = [ctx.program("dramatiq"), self.module, "--processes", "1", "--threads", "1"]
         argv += ["--use-spawn"] if self.spawn else []
-        return [Proc("worker", argv, env=env, stop_signal=signal.SIGTERM),
+        # ready once the worker process imported the actors (see Huey: no schema race with the producer)
+        return [Proc("worker", argv, env=env, stop_signal=signal.SIGTERM, ready_line="Worker process is ready for action"),
                 Proc("producer", [PY, "-m", "runner_examples.enqueue", "dramatiq", self.module], env=env,
                      may_exit=True)]
 
@@ -245,8 +249,7 @@ class FastAPIReplay(Driver):
         worker = Proc("celery", [ctx.program("celery"), "-A", self.tasks_module, "worker", "--pool", "prefork",
                                  "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
                                  "--without-heartbeat", "--hostname", f"{ctx.scenario.name}@%h"],
-                      env=env, stop_signal=signal.SIGQUIT)
-        worker.ready = lambda: worker.log is not None and " ready." in worker.log.read_text(errors="replace")
+                      env=env, stop_signal=signal.SIGQUIT, ready_line=" ready.")
         server = Proc("uvicorn", [ctx.program("uvicorn"), "runner_examples.fastapi_app:app", "--host", "127.0.0.1",
                                   "--port", str(ctx.port), "--log-level", "info"],
                       env=env, ready=lambda: port_accepts(ctx.port))

@@ -11,6 +11,7 @@ the verdict.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ POLL_INTERVAL = 0.02  # seconds between two looks at the work and the worker
 # Seconds a runner's processes get after their stop signal before SIGKILL: the verdict
 # is recorded already, and a hung worker never reacts to a polite signal.
 STOP_GRACE = 0.3
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 BIN_DIR = Path(sys.executable).parent  # the programs pip installed next to this Python
 
 
@@ -135,13 +137,15 @@ class RunOptions:
 @dataclass
 class Proc:
     """A process a scenario starts: its name (log file), command line, extra
-    environment, when it is ready (None: at once), the signal that stops it, and
-    whether it may exit by itself (a producer that sends a job and ends)."""
+    environment, when it is ready (``ready``, or once its log holds ``ready_line``;
+    neither: at once), the signal that stops it, and whether it may exit by itself
+    (a producer that sends a job and ends)."""
 
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     ready: Callable[[], bool] | None = None
+    ready_line: str | None = None
     stop_signal: int = signal.SIGTERM
     may_exit: bool = False
     popen: subprocess.Popen | None = None
@@ -184,7 +188,8 @@ class Context:
 def judge_result(result: object, texts: list[str]) -> tuple[Outcome, str]:
     """PASS when ``result`` holds ``texts`` and one id per text, else ERROR (what came back)."""
     if isinstance(result, dict) and result.get("texts") == texts and len(result.get("ids") or []) == len(texts):
-        return Outcome.PASS, f"added {len(texts)} documents in pid {result.get('pid')}"
+        where = f" in pid {result['pid']}" if result.get("pid") else ""
+        return Outcome.PASS, f"added {len(texts)} documents{where}"
     return Outcome.ERROR, f"the work returned something other than the documents it was sent: {result!r}"[:300]
 
 
@@ -196,6 +201,7 @@ def log_cause(path: Path | None, lines: int = 3) -> str:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
+    text = [ANSI_RE.sub("", line) for line in text]  # coloured logs (huey, dramatiq)
     errors = [line.strip() for line in text if "Error" in line or "Exception" in line]
     chosen = errors[-lines:] if errors else [line.strip() for line in text[-lines:]]
     return " | ".join(chosen)[:400] or "(empty log)"
@@ -304,6 +310,8 @@ class ScenarioRun:
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True, preexec_fn=pdeathsig_preexec())
         self.ctx.procs.append(proc)
+        if proc.ready is None and proc.ready_line is not None:
+            proc.ready = lambda: proc.ready_line in proc.log.read_text(errors="replace")
         if proc.ready is None:
             return None
         wait_until(lambda: proc.popen.poll() is not None or self._cancelled.is_set() or proc.ready(),
