@@ -120,7 +120,26 @@ def test_a_mismatch_exits_1_and_stops_everything(tmp_path):
     assert left_behind(proc.pid) == []
 
 
-def test_ctrl_c_stops_every_process(tmp_path):
+def test_ctrl_c_while_the_servers_start_stops_every_process(tmp_path):
+    # the window is deterministic: with --preload the Gunicorn master opens the store (seconds)
+    # before it listens; SIGINT as soon as it runs
+    proc = start_runner(["--runner", "gunicorn", "--variant", "preload"], tmp_path)
+    try:
+        wait_for_line(proc, "gunicorn_preload", 60)
+        deadline = time.monotonic() + 30
+        while not left_behind(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left_behind(proc.pid), "the gunicorn master runs"
+        proc.send_signal(2)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.count("\n") == 1 and "interrupted by SIGINT" in err
+    assert left_behind(proc.pid) == []
+
+
+def test_ctrl_c_while_a_worker_hangs_stops_every_process(tmp_path):
     proc = start_runner(["--runner", "gunicorn", "--variant", "preload", "--timeout", "60", "--stall", "30"],
                         tmp_path)
     try:

@@ -11,7 +11,7 @@ import threading
 
 from ..loopback import port_accepts
 from ..outcome import Outcome
-from .model import Context, Driver, Proc, judge_result
+from .model import Context, Driver, Proc, is_ours, judge_result
 
 PY = sys.executable
 TEXTS = ["fork-safety check: first document", "fork-safety check: second document"]  # runner_examples.common
@@ -293,8 +293,8 @@ class FastAPIReplay(Driver):
 
     def worker_pid(self, ctx: Context) -> int | None:
         body = ctx.state.get("last") or {}
-        pid = (body.get("info") or {}).get("pid")
-        return pid if isinstance(pid, int) else None
+        pid = (body.get("info") or {}).get("pid")  # the pool child, from the STARTED state's meta
+        return pid if isinstance(pid, int) and is_ours(ctx, pid) else None
 
     def note(self, ctx: Context) -> str:
         """The states the status endpoint reported, in order (e.g. ``status PENDING -> STARTED``)."""
