@@ -15,11 +15,9 @@ from __future__ import annotations
 import json
 import os
 
-from forksafety.runners.work import announce_done, announce_started
+from forksafety.runners.work import DEFAULT_TEXTS, announce_done, announce_started  # noqa: F401 - DEFAULT_TEXTS: the examples' texts
 from forksafety.settings import load_settings
 from forksafety.store import make_store
-
-DEFAULT_TEXTS = ["fork-safety check: first document", "fork-safety check: second document"]
 
 
 def open_store():

@@ -12,9 +12,10 @@ import threading
 from ..loopback import port_accepts
 from ..outcome import Outcome
 from .model import Context, Driver, Proc, is_ours, judge_result
+from .work import DEFAULT_TEXTS
 
 PY = sys.executable
-TEXTS = ["fork-safety check: first document", "fork-safety check: second document"]  # runner_examples.common
+TEXTS = DEFAULT_TEXTS  # what the examples add (runner_examples.common)
 
 
 class HttpRequest:

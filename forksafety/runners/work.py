@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 WORK_DIR_ENV = "FORKSAFETY_WORK_DIR"
+# what every example adds to its store (runner_examples.common), and the runner expects back
+DEFAULT_TEXTS = ["fork-safety check: first document", "fork-safety check: second document"]
 
 
 def _write(kind: str, record: dict) -> None:
