@@ -33,12 +33,16 @@ def add_documents() -> dict:
 def status(task_id: str) -> dict:
     """The task's state (PENDING, STARTED, SUCCESS, FAILURE), its result or error,
     and the pid of the pool child once it started (task_track_started)."""
+    # one read of the task's meta: state and info read separately can disagree (PENDING, then
+    # the STARTED meta), as each property asks the result backend again
     result = tasks.app.AsyncResult(task_id)
-    body: dict = {"task_id": task_id, "state": result.state}
-    if result.state == "SUCCESS":
-        body["result"] = result.result
-    elif result.state == "FAILURE":
-        body["error"] = f"{type(result.result).__name__}: {result.result}"
-    elif isinstance(result.info, dict):
-        body["info"] = result.info
+    meta = result.backend.get_task_meta(task_id)
+    state, value = meta.get("status", "PENDING"), meta.get("result")
+    body: dict = {"task_id": task_id, "state": state}
+    if state == "SUCCESS":
+        body["result"] = value
+    elif state == "FAILURE":
+        body["error"] = f"{type(value).__name__}: {value}"
+    elif isinstance(value, dict):
+        body["info"] = value
     return body
