@@ -19,9 +19,13 @@ ENV PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
+# redis-server: the runner matrix's private Redis (scripts/run_runners.py); gcc, libc6-dev and
+# the Python headers: pip builds uwsgi (an sdist in requirements.lock) from source.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        gdb strace lsof procps ${EXTRA_APT_PACKAGES} \
+        gdb strace lsof procps redis-server gcc libc6-dev ${EXTRA_APT_PACKAGES} \
+ && { python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+      || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-dev; } \
  && rm -rf /var/lib/apt/lists/*
 
 # The locked dependency tree, every file checked against its hash.

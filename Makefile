@@ -9,6 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 UV     ?= uv
+RUNNERS := multiprocessing gunicorn fastapi rq huey dramatiq uwsgi
 
 # Docker Compose v2 (`docker compose`) when the plugin is there, else v1 (`docker-compose`).
 ifeq ($(origin COMPOSE),undefined)
@@ -24,7 +25,8 @@ RUN := $(COMPOSE) run --rm
         demo-crash demo-gdb demo-strace demo-fixed shell clean down test-docker \
         install check native-test-all native-test-prefork native-test-threads native-test-solo \
         native-test-gevent native-test-eventlet native-demo-crash native-demo-fixed native-demo-gdb \
-        native-demo-lldb native-demo-strace native-clean docs check-app lab bench bench-tool lock system-deps versions
+        native-demo-lldb native-demo-strace native-clean docs check-app lab bench bench-tool lock system-deps versions \
+        runners $(addprefix runners-,$(RUNNERS)) docker-runners $(addprefix docker-runners-,$(RUNNERS)) bench-runners
 
 help:
 	@echo "Docker (compose.yml; ARGS=... replaces a scenario's default arguments):"
@@ -85,6 +87,30 @@ clean: ##D Delete everything in crash_dumps/ but its README.md, and all Chroma d
 down: ##D Stop and remove the containers and network (Redis included)
 	$(COMPOSE) down --remove-orphans
 
+docker-runners: ##D Runner matrix: Gunicorn, uWSGI, FastAPI+Celery, RQ, Huey, Dramatiq, multiprocessing
+	$(RUN) runners $(ARGS)
+
+docker-runners-multiprocessing: ##D multiprocessing only
+	$(RUN) runners-multiprocessing $(ARGS)
+
+docker-runners-gunicorn: ##D gunicorn only
+	$(RUN) runners-gunicorn $(ARGS)
+
+docker-runners-fastapi: ##D fastapi only
+	$(RUN) runners-fastapi $(ARGS)
+
+docker-runners-rq: ##D rq only
+	$(RUN) runners-rq $(ARGS)
+
+docker-runners-huey: ##D huey only
+	$(RUN) runners-huey $(ARGS)
+
+docker-runners-dramatiq: ##D dramatiq only
+	$(RUN) runners-dramatiq $(ARGS)
+
+docker-runners-uwsgi: ##D uwsgi only
+	$(RUN) runners-uwsgi $(ARGS)
+
 test-docker: ##D Prove the Docker path on a machine without a registry (root; tests/docker/run.sh)
 	bash tests/docker/run.sh
 
@@ -142,6 +168,33 @@ native-demo-strace: $(PY) ## The demo under strace -f: crash_dumps/strace_*.trac
 native-clean: ## Delete everything in crash_dumps/ but its README.md, chroma_data/, chroma_db/, and build/ + forksafety.egg-info/ (left by pip install .)
 	find crash_dumps -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 	rm -rf chroma_data chroma_db build forksafety.egg-info
+
+runners: $(PY) ## Runner matrix: each runner with the bug and its fix (crash_dumps/runners.json)
+	$(PY) scripts/run_runners.py --all --json crash_dumps/runners.json $(ARGS)
+
+runners-multiprocessing: $(PY) ## multiprocessing only: the bug and its fix
+	$(PY) scripts/run_runners.py --runner multiprocessing $(ARGS)
+
+runners-gunicorn: $(PY) ## gunicorn only: the bug and its fix
+	$(PY) scripts/run_runners.py --runner gunicorn $(ARGS)
+
+runners-fastapi: $(PY) ## fastapi only: the bug and its fix
+	$(PY) scripts/run_runners.py --runner fastapi $(ARGS)
+
+runners-rq: $(PY) ## rq only: the bug and its fix
+	$(PY) scripts/run_runners.py --runner rq $(ARGS)
+
+runners-huey: $(PY) ## huey only: the bug and its fix
+	$(PY) scripts/run_runners.py --runner huey $(ARGS)
+
+runners-dramatiq: $(PY) ## dramatiq only: the bug and its fix
+	$(PY) scripts/run_runners.py --runner dramatiq $(ARGS)
+
+runners-uwsgi: $(PY) ## uwsgi only: the bug and its fix
+	$(PY) scripts/run_runners.py --runner uwsgi $(ARGS)
+
+bench-runners: $(PY) ## Benchmark: runner matrix wall time and HANG verdict latency
+	$(PY) benchmarks/runners.py $(ARGS)
 
 docs: $(PY) ## Run the captures (demo, gdb, strace, matrix) and regenerate the captured blocks of README.md and docs/
 	$(PY) scripts/make_docs.py $(ARGS)

@@ -9,9 +9,7 @@ run made and nothing else on the user's Redis.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -20,37 +18,10 @@ from pathlib import Path
 
 from .errors import BrokerError
 from .settings import redact_url
-from .watch import RUN_ID_ENV, make_temp_dir, pdeathsig_preexec, stop_processes, wait_until
+from .loopback import START_REDIS_HELP, free_port, redis_ping, start_redis_server  # noqa: F401 - names of this module
+from .watch import make_temp_dir, stop_processes
 
 MODES = ("auto", "redis", "filesystem")
-START_REDIS_HELP = (
-    "start Redis (`sudo apt-get install redis-server && redis-server --daemonize yes`, "
-    "or `make redis` in Docker), set REDIS_URL, or use --broker auto / --broker filesystem"
-)
-
-
-def redis_ping(url: str, timeout: float = 1.0) -> str | None:
-    """Return None when the Redis server at ``url`` answers PING within ``timeout``
-    seconds, else the error text. Opens and closes its own connection."""
-    import redis
-
-    client = None
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-        client.ping()
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        return str(exc) or type(exc).__name__
-    finally:
-        if client is not None:
-            client.close()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -165,26 +136,11 @@ class Broker:
 
 
 def start_private_redis(run_id: str, timeout: float = 5.0) -> Broker:
-    """Start ``redis-server`` on a free 127.0.0.1 port, no persistence, tied to our
-    life (PR_SET_PDEATHSIG). Raises BrokerError when it does not answer in ``timeout`` s."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BrokerError("redis-server is not installed", START_REDIS_HELP)
-    workdir = make_temp_dir("redis")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "yes", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pdeathsig_preexec(),
-        env={**os.environ, RUN_ID_ENV: run_id}, start_new_session=True,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    broker = Broker("redis-private", url, url, key_prefix=f"forksafety:{run_id}:", process=proc,
-                    _owned_dir=workdir)
-    if not wait_until(lambda: proc.poll() is not None or redis_ping(url, 0.5) is None, timeout) or proc.poll() is not None:
-        broker.cleanup()
-        raise BrokerError(f"private redis-server on port {port} did not start", START_REDIS_HELP)
-    return broker
+    """Start ``redis-server`` on a free loopback port (``loopback.start_redis_server``)
+    as this run's broker. Raises BrokerError when it does not answer in ``timeout`` s."""
+    server = start_redis_server(run_id, timeout)
+    return Broker("redis-private", server.url, server.url, key_prefix=f"forksafety:{run_id}:",
+                  process=server.process, _owned_dir=server.workdir)
 
 
 def filesystem_broker(run_id: str) -> Broker:

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -225,3 +226,96 @@ def sweep_leftovers(chroma_dir: Path, strace_tmp: bool = True) -> None:
         if tmp:
             say(f"removed {len(tmp)} temporary folder(s) left by killed --strace runs: "
                 f"{', '.join(str(f) for f in tmp)}")
+
+
+def make_console():
+    """A rich Console; 140 columns when the output is not a terminal (logs, CI)."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=140)
+
+
+class Progress:
+    """Live progress of the scenarios: a rich live table on a terminal, one line per
+    status change otherwise (logs, CI). Thread-safe: scenario threads call it."""
+
+    def __init__(self, console, names: list[str]) -> None:
+        from rich.live import Live
+
+        self.console = console
+        self.t0 = time.monotonic()
+        self.lock = threading.Lock()
+        self.status = {name: ("waiting", None) for name in names}
+        self.live = Live(self._table(), console=console, refresh_per_second=8, transient=True) \
+            if console.is_terminal else None
+
+    def _table(self):
+        from rich.table import Table
+
+        table = Table(box=None, show_header=False)
+        for name, (status, since) in self.status.items():
+            elapsed = f"{time.monotonic() - since:5.1f}s" if since is not None and status != "done" else ""
+            table.add_row(name, status, elapsed)
+        return table
+
+    def __enter__(self) -> "Progress":
+        if self.live:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.stop()
+
+    def __call__(self, name: str, status: str) -> None:
+        with self.lock:
+            since = self.status.get(name, (None, None))[1] or time.monotonic()
+            self.status[name] = (status, since)
+            if self.live:
+                self.live.update(self._table())
+            else:
+                self.console.print(f"[dim]{time.monotonic() - self.t0:5.1f}s[/] {name:<32} {status}",
+                                   highlight=False)
+
+
+
+
+def print_results(console, verdicts: list, wall: float, log_dir: Path, table) -> bool:
+    """Print a matrix's results: ``table`` (report.results_table), how many matched
+    the expected outcome in ``wall`` seconds, where the evidence of each HANG is and
+    which logs to read for each ERROR. Returns True when every outcome matched."""
+    from .outcome import Outcome
+
+    console.print(table)
+    console.print(f"{sum(v.matched for v in verdicts)}/{len(verdicts)} matched the expected outcome "
+                  f"in {wall:.1f} s; worker logs in {log_dir}/")
+    for v in verdicts:
+        if v.evidence and v.evidence.get("log"):
+            console.print(f"  {v.scenario}: evidence in {v.evidence['log']}")
+        if v.outcome is Outcome.ERROR and v.worker_log:
+            console.print(f"  {v.scenario}: ERROR, see {v.worker_log}")
+    return all(v.matched for v in verdicts)
+
+
+def write_results(console, path: Path, record: dict) -> None:
+    """Write a results record (report.write_json) and say where, and whether a file was replaced."""
+    from .report import write_json
+
+    replaced = path.exists()
+    write_json(path, record)
+    console.print(f"results written to {path.resolve()}" + (" (replaced the previous file)" if replaced else ""))
+
+
+def run_interruptible(prog: str, work, *args) -> int:
+    """Install the interrupt handlers, then return ``work(*args)``; Ctrl-C or SIGTERM
+    becomes one line on stderr and exit 130 (every ``finally`` of ``work`` has run, so
+    everything it started was stopped), a ForkSafetyError one line with its own code."""
+    install_interrupt_handlers()
+    try:
+        return work(*args)
+    except Interrupted as exc:
+        sys.stderr.write(f"{prog}: interrupted by {exc}: every process of this run was stopped\n")
+        return EXIT_INTERRUPTED
+    except ForkSafetyError as exc:
+        return fail(exc, prog=prog)

@@ -56,6 +56,12 @@ def build_parser() -> Parser:
                         "and report PASS, HANG, CRASH <signal> or ERROR")
     c.add_argument("--args", metavar="JSON",
                    help="arguments for --probe: a JSON list (positional) or object (keywords)")
+    from .guard import RUNNER_FIXES
+
+    runners = ", ".join(RUNNER_FIXES)
+    c.add_argument("--runner", choices=list(RUNNER_FIXES), metavar="NAME",
+                   help=f"the runner that will fork this code, for its fix: {runners} "
+                        "(default: the one the check can tell: a Celery app, or the library the target imports)")
     c.add_argument("--json", type=path_arg, metavar="PATH", help="write the full record to PATH")
     _bounds(c, timeout=(30.0, "the target's import"), probe_timeout=(15.0, "the probe child"),
             capture=("full", "a hung probe child: full (py-spy + pystack, default), light, none"),
@@ -145,7 +151,7 @@ def build_request(args) -> CheckRequest:
     return CheckRequest(target=target, kind=kind, probe=args.probe, args=probe_args, timeout=args.timeout,
                         probe_timeout=args.probe_timeout, stall=args.stall, capture=args.capture,
                         log_dir=str(args.log_dir.resolve()), scenario=_scenario_name(target),
-                        command=getattr(args, "argv", None))
+                        command=getattr(args, "argv", None), runner=getattr(args, "runner", None))
 
 
 def _check_target_file(target: str) -> None:
@@ -184,6 +190,29 @@ def _scenario_name(target: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(target).stem if target.endswith(".py") else target)[:60]
 
 
+def runner_advice(req: CheckRequest, report: Report, runner: str | None = None) -> list[str]:
+    """The fix for the runner that forks the target: ``runner`` (--runner) when given,
+    else the one it can tell (a Celery app, or the job-queue libraries the target
+    imported, ``Report.frameworks``). [] when it cannot tell."""
+    from .guard import RUNNER_FIXES
+
+    runner = runner or req.runner
+    if runner:
+        chosen, why = [runner], "--runner"
+    elif req.kind == "app":
+        chosen, why = ["celery"], "a Celery app"
+    else:
+        chosen, why = [name for name in report.frameworks if name in RUNNER_FIXES], "imported by the target"
+    lines: list[str] = []
+    for name in chosen:
+        label = f"{name} ({why})"
+        if name == "celery" and req.kind == "app":
+            label = "this Celery app, with the prefork pool"  # the Celery app says which runner by itself
+        lines += ["", f"For {label}, fix (one of):"]
+        lines += [f"  - {fix}" for fix in RUNNER_FIXES[name]]
+    return lines
+
+
 def check_lines(run: CheckRun) -> list[str]:
     """What ``check`` prints for a run that imported fine: report, probe, timings."""
     req = run.request
@@ -193,11 +222,8 @@ def check_lines(run: CheckRun) -> list[str]:
              f"imported in {run.import_seconds:.2f} s in a fresh interpreter (pid {report.pid}); "
              f"inspected in {report.seconds * 1000:.0f} ms", ""]
     lines += format_report(report)
-    if req.kind == "app" and report.verdict.value != "SAFE":
-        from .guard import CELERY_FIXES
-
-        lines += ["", "For this Celery app, with the prefork pool, fix (one of):"]
-        lines += [f"  - {fix}" for fix in CELERY_FIXES]
+    if report.verdict.value != "SAFE":
+        lines += runner_advice(req, report)
     if run.probe:
         p = run.probe
         shown_args = json.dumps(req.args) if req.args is not None else ""

@@ -1,7 +1,8 @@
 """``make docs``: run the captures for real and regenerate the captured blocks.
 
 Runs (each bounded): the fork demo, every demo variant, the gdb attach, the demo
-under strace, the Celery pool matrix, and the version matrix (scripts/versions.py); then rewrites every captured block
+under strace, the Celery pool matrix, the version matrix (scripts/versions.py), the runner matrix
+and its benchmark; then rewrites every captured block
 of README.md and docs/*.md from what they wrote. ``--check`` only verifies
 that no block was edited by hand (exit 1 when one was).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from . import docs, docs_tool
 from .cli import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Parser
+from .outcome import outcome_text
 from .report import markdown_table
 from .settings import REPO_ROOT
 
@@ -47,6 +49,9 @@ def capture(out: Path, progress=print) -> None:
     ]
     jobs.append(("versions", ["scripts/versions.py", "--json", str(out / "versions.json")], 2400))
     jobs.append(("startmethod", ["benchmarks/startmethod.py", "--runs", "2", "--json", str(out / "startmethod.json")], 600))
+    jobs.append(("runners", ["scripts/run_runners.py", "--all", "--json", str(out / "runners.json"),
+                             "--log-dir", str(dumps)], 600))
+    jobs.append(("bench-runners", ["benchmarks/runners.py", "--runs", "1", "--json", str(out / "bench-runners.json")], 600))
     jobs += [(f"variant-{name}", ["scripts/demo_crash.py", "--variant", name, "--timeout", "5", "--no-stacks",
                                   "--json", str(out / f"variant-{name}.json"), "--log-dir", str(dumps)], 120)
              for name in VARIANTS]
@@ -82,6 +87,61 @@ def provenance_line(plat: dict, versions: dict) -> str:
             f"billiard {versions['billiard']}, chromadb {versions['chromadb']}, {time.strftime('%Y-%m-%d', time.gmtime())}")
 
 
+def capture_excerpt(log: str, stack_lines: int = 16) -> str:
+    """The parts of a capture file a reader needs: verdict, what this means, threads,
+    the current syscall, and the first lines of the first successful py-spy dump."""
+    spy = next(((h, body) for h, body in docs.sections(log).items()
+                if h.startswith("py-spy") and "(exit 0)" in h), ("py-spy: (no successful dump)", ""))
+    return ("== verdict ==\n" + docs.section(log, "verdict") + "\n\n" +
+            "== what this means ==\n" + docs.section(log, "what this means") + "\n\n" +
+            docs.section(log, "threads") + "\n\n" + docs.section(log, "current syscall") + "\n\n" +
+            f"$ {spy[0].split(': ', 1)[1].rsplit(' (exit', 1)[0]}\n" + "\n".join(spy[1].splitlines()[:stack_lines]))
+
+
+# runner -> (does it import your module before forking the process that runs the work?, the bug
+# scenario, the fix scenarios): what README's runner table says next to the measured outcomes
+RUNNER_ROWS = {
+    "multiprocessing": ("yes with the fork context (the parent creates the store, then the pool forks)",
+                        "pool-fork", "the spawn or forkserver context"),
+    "gunicorn": ("with `--preload` only", "preload", "drop `--preload`, or open the store in a `post_fork` hook"),
+    "fastapi": ("the Celery worker does (prefork pool)", "prefork",
+                "open the store in `worker_process_init` (Celery's fixes)"),
+    "rq": ("no with `rq worker` (the horse imports it after the fork); yes with a preloading worker script",
+           "preload", "`SpawnWorker` or `SimpleWorker`, or no preloading"),
+    "huey": ("yes (`huey_consumer -k process`)", "process", "open the store in `@huey.on_startup()`"),
+    "dramatiq": ("no (each worker process imports the actors)", "default", "none needed"),
+    "uwsgi": ("yes (the master loads the app)", "default", "`--lazy-apps`"),
+}
+
+
+def runner_bodies(out: Path) -> dict[str, str]:
+    """Blocks of docs/RUNNERS.md and README's runner table, from the runner matrix's captures."""
+    record = json.loads((out / "runners.json").read_text())
+    rows = {(r["runner"], r["variant"]): r for r in record["results"]}
+    b: dict[str, str] = {}
+    text = (out / "runners.out").read_text()
+    head = [line for line in text.splitlines() if "scenario(s)" in line]
+    table = _tail_from(text, next((line for line in text.splitlines() if "Runner matrix" in line), ""))
+    versions = ", ".join(f"{k} {v}" for k, v in record.get("runner_versions", {}).items())
+    b["runners-output"] = _fence(_cut("\n".join([f"# versions: {versions}", *head, "...", table]), 150))
+    b["runners-table"] = markdown_table(record["results"], keys=("runner", "variant", "kind"), detail=110) + "\n"
+    b["runners-fastapi"] = _fence("\n".join(
+        f"fastapi/{r['variant']}: {outcome_text(r['outcome'], r.get('signal'), r.get('rule'))}: {r['detail']}"
+        for (runner, _v), r in rows.items() if runner == "fastapi"))
+    hung = rows[("gunicorn", "preload")]
+    b["runners-capture"] = _fence(_cut(capture_excerpt(Path(hung["evidence"]["log"]).read_text())))
+    b["runners-bench"] = _fence((out / "bench-runners.out").read_text())
+    lines = ["| runner | imports your module before forking? | outcome with a module-level store | fix |",
+             "|---|---|---|---|"]
+    for runner, (imports, bug, fix) in RUNNER_ROWS.items():
+        r = rows[(runner, bug)]
+        fixes = [f"{v}: {x['outcome']}" for (name, v), x in rows.items() if name == runner and x["kind"] != "bug"]
+        measured = outcome_text(r["outcome"], r.get("signal"), r.get("rule")) + f" ({bug})"
+        lines.append(f"| {runner} | {imports} | {measured} | {fix} ({'; '.join(fixes)}) |")
+    b["runners-readme"] = "\n".join(lines) + "\n"
+    return b
+
+
 def bodies(out: Path) -> tuple[dict[str, str], str]:
     """Block bodies from the captures in ``out``, and the provenance line."""
     from .demo import VARIANTS
@@ -115,14 +175,7 @@ def bodies(out: Path) -> tuple[dict[str, str], str]:
          f"# child {unfinished['pid']}: what it did just before it blocked, then its unfinished futex call "
          f"(trace line {unfinished['line_number']}; {unfinished['ended']}):",
          *unfinished["before"], unfinished["line"]])))
-    spy = next(((h, body) for h, body in docs.sections(celery_log).items()
-                if h.startswith("py-spy") and "(exit 0)" in h), ("py-spy: (no successful dump)", ""))
-    b["celery-capture"] = _fence(_cut("== verdict ==\n" + docs.section(celery_log, "verdict") + "\n\n" +
-                                      "== what this means ==\n" + docs.section(celery_log, "what this means") +
-                                      "\n\n" + docs.section(celery_log, "threads") + "\n\n" +
-                                      docs.section(celery_log, "current syscall") + "\n\n" +
-                                      f"$ {spy[0].split(': ', 1)[1].rsplit(' (exit', 1)[0]}\n" +
-                                      "\n".join(spy[1].splitlines()[:16])))
+    b["celery-capture"] = _fence(_cut(capture_excerpt(celery_log)))
     forked = prefork["evidence"].get("child_forked_before_task_seconds")
     b["celery-fork-timing"] = (f"In the run above, the pool child that received the task had been forked "
                                f"**{forked} s before the task was sent** (its start time, from psutil, against "
@@ -155,6 +208,7 @@ def bodies(out: Path) -> tuple[dict[str, str], str]:
                 break
             warning.append(line)
     b.update(docs_tool.bodies(out))
+    b.update(runner_bodies(out))
     b["eventlet-warning"] = _fence("\n".join(_cut(line, 150) for line in warning) or "(no warning logged)")
     # show the paths a user gets (crash_dumps/), not the capture folder make docs used
     for name, body in b.items():
@@ -192,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if not args.source:
             print(f"capturing into {out} " + ("(the installed tool)" if args.only else
-                                              "(demo, gdb, strace, pool matrix, demo variants, the installed tool)"))
+                                              "(demo, gdb, strace, pool matrix, demo variants, runner matrix, the installed tool)"))
             try:
                 if args.only:
                     docs_tool.capture(out)

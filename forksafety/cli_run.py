@@ -4,37 +4,35 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from . import harness
 from .broker import MODES, resolve_broker
 from .cli import (
-    EXIT_INTERRUPTED,
     EXIT_MISMATCH,
     EXIT_OK,
-    Interrupted,
     Parser,
+    Progress,
     check_log_dir,
     check_output_file,
     fail,
-    install_interrupt_handlers,
+    make_console,
     path_arg,
     positive_float,
     positive_int,
+    print_results,
+    run_interruptible,
     variant_type,
+    write_results,
 )
 from .errors import BrokerError, ForkSafetyError, UsageError
 from .outcome import Outcome, Verdict
 from .poolstart import force_start_method
-from .report import results_record, results_table, write_json
+from .report import results_record, results_table
 from .settings import check_writable, load_settings
 from .startmethod import START_METHODS
 from .variants import CELERY
@@ -73,51 +71,6 @@ def build_parser() -> Parser:
     return p
 
 
-def make_console() -> Console:
-    """A rich Console; 140 columns when the output is not a terminal (logs, CI)."""
-    console = Console(highlight=False)
-    return console if console.is_terminal else Console(highlight=False, width=140)
-
-
-class Progress:
-    """Live progress of the scenarios: a rich live table on a terminal, one line per
-    status change otherwise (logs, CI). Thread-safe: scenario threads call it."""
-
-    def __init__(self, console: Console, names: list[str]) -> None:
-        self.console = console
-        self.t0 = time.monotonic()
-        self.lock = threading.Lock()
-        self.status = {name: ("waiting", None) for name in names}
-        self.live = Live(self._table(), console=console, refresh_per_second=8, transient=True) \
-            if console.is_terminal else None
-
-    def _table(self) -> Table:
-        table = Table(box=None, show_header=False)
-        for name, (status, since) in self.status.items():
-            elapsed = f"{time.monotonic() - since:5.1f}s" if since is not None and status != "done" else ""
-            table.add_row(name, status, elapsed)
-        return table
-
-    def __enter__(self) -> "Progress":
-        if self.live:
-            self.live.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.live:
-            self.live.stop()
-
-    def __call__(self, name: str, status: str) -> None:
-        with self.lock:
-            since = self.status.get(name, (None, None))[1] or time.monotonic()
-            self.status[name] = (status, since)
-            if self.live:
-                self.live.update(self._table())
-            else:
-                self.console.print(f"[dim]{time.monotonic() - self.t0:5.1f}s[/] {name:<32} {status}",
-                                   highlight=False)
-
-
 MAX_CONCURRENCY = 64  # pool processes per worker; more is a typo, not a test
 
 
@@ -149,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             check_output_file(args.json)
     except ForkSafetyError as exc:
         return fail(exc, prog=PROG)
-    install_interrupt_handlers()
-    try:
-        return _run(args, scenarios, settings, console)
-    except Interrupted as exc:
-        sys.stderr.write(f"{PROG}: interrupted by {exc}: every process of this run was stopped\n")
-        return EXIT_INTERRUPTED
+    return run_interruptible(PROG, _run, args, scenarios, settings, console)
 
 
 def _run(args, scenarios: list[harness.Scenario], settings, console: Console) -> int:
@@ -211,19 +159,10 @@ def _run(args, scenarios: list[harness.Scenario], settings, console: Console) ->
         if left:
             console.print(f"[yellow]stopped {len(left)} leftover process(es) of this run: {left}[/]")
     ordered = [verdicts[s.name] for s in scenarios]
-    console.print(results_table(ordered, width=console.width))
     wall = time.monotonic() - started
-    matched = all(v.matched for v in ordered)
-    console.print(f"{sum(v.matched for v in ordered)}/{len(ordered)} matched the expected outcome "
-                  f"in {wall:.1f} s; worker logs in {args.log_dir}/")
-    for v in ordered:
-        if v.evidence and v.evidence.get("log"):
-            console.print(f"  {v.scenario}: evidence in {v.evidence['log']}")
-        if v.outcome is Outcome.ERROR and v.worker_log:
-            console.print(f"  {v.scenario}: ERROR, see {v.worker_log}")
+    matched = print_results(console, ordered, wall, args.log_dir, results_table(ordered, width=console.width))
     if args.json:
-        replaced = args.json.exists()
-        write_json(args.json, results_record(ordered, broker.describe(), run_id=options.run_id,
-                                             wall_seconds=round(wall, 2), timeout=args.timeout, stall=args.stall))
-        console.print(f"results written to {args.json.resolve()}" + (" (replaced the previous file)" if replaced else ""))
+        write_results(console, args.json, results_record(ordered, broker.describe(), run_id=options.run_id,
+                                                         wall_seconds=round(wall, 2), timeout=args.timeout,
+                                                         stall=args.stall))
     return EXIT_OK if matched else EXIT_MISMATCH

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import Counter
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -418,14 +417,9 @@ class ScenarioRun:
                 evidence["child_forked_before_task_seconds"] = round(self._sent_wall - born, 2)
             except (psutil.Error, AttributeError):
                 pass
-        if rule == RULE_DEADLINE:
-            detail = f"no result after {self.options.timeout:g} s"
-            if child_pid is None:
-                detail += " (the task never reached a pool child)"
-        else:
-            lost = evidence.get("lost_threads") or []
-            detail = f"{evidence.get('syscall') or 'blocked'}; lost in the fork: " + \
-                     (", ".join(f"{n}x {name}" for name, n in Counter(lost).items()) or "no thread")
+        from .capture import hang_detail
+
+        detail = hang_detail(rule, self.options.timeout, evidence, child_pid is not None)
         return self._verdict(Outcome.HANG, started, detail, rule=rule, child_pid=child_pid,
                              verdict_seconds=latency, evidence=evidence or None)
 

@@ -131,13 +131,16 @@ class Record:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (outcome and expected as strings, ``matched`` included when
-        there is an expectation; ``seconds`` rounded to ``SECONDS_DIGITS``)."""
+        there is an expectation; ``seconds`` rounded to ``SECONDS_DIGITS``, ``verdict_seconds``
+        to ms)."""
         data = asdict(self)
         data["outcome"] = self.outcome.value if self.outcome is not None else None
         if hasattr(self, "expected"):
             data["expected"] = str(self.expected)
             data["matched"] = self.matched
         data["seconds"] = round(self.seconds, self.SECONDS_DIGITS)
+        if data.get("verdict_seconds") is not None:
+            data["verdict_seconds"] = round(data["verdict_seconds"], 3)
         return data
 
     SECONDS_DIGITS = 3
@@ -175,10 +178,3 @@ class Verdict(Record):
     def scenario(self) -> str:
         """``pool`` for the bug as reported, ``pool/variant`` otherwise."""
         return self.pool if self.variant == "module-level" else f"{self.pool}/{self.variant}"
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (see Record.to_dict; ``verdict_seconds`` rounded to ms)."""
-        data = super().to_dict()
-        if self.verdict_seconds is not None:
-            data["verdict_seconds"] = round(self.verdict_seconds, 3)
-        return data

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .outcome import Verdict, outcome_text
+from .outcome import Record, outcome_text
 from .versions import package_versions, platform_record
 
 
-def results_record(verdicts: list[Verdict], broker: str, **extra: object) -> dict:
+def results_record(verdicts: list[Record], broker: str, **extra: object) -> dict:
     """The JSON-ready record of a run."""
     plat = platform_record()
     return {
@@ -47,24 +47,30 @@ def write_json(path: Path, record: dict) -> Path:
     return path
 
 
-def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix", width: int = 140) -> Table:
-    """A rich Table: pool, variant, start method (as the pool child reported it), outcome, expected, match, seconds and, when the
-    console is at least 120 columns wide, the detail. Outcome columns never wrap or shrink."""
+def results_table(verdicts: list[Record], title: str = "Celery pool matrix", width: int = 140,
+                  keys: tuple[str, ...] = ("pool", "variant", "start_method")) -> Table:
+    """A rich Table: the ``keys`` columns (attributes of each record: pool, variant and
+    the start method the pool child reported, for Celery; runner and variant for the
+    runner matrix; a missing value shows as ``-``), outcome, expected, match, seconds
+    and, when the console is at least 120 columns wide, the detail. Outcome columns
+    never wrap or shrink."""
     table = Table(title=title)
     fixed = {"no_wrap": True}
-    table.add_column("pool", **fixed)
-    table.add_column("variant", **fixed)
-    table.add_column("start method", **fixed)
+    for key in keys:
+        table.add_column(key.replace("_", " "), **fixed)
     table.add_column("outcome", **fixed)
     table.add_column("expected", **fixed)
     table.add_column("match", justify="center", **fixed)
     table.add_column("seconds", justify="right", **fixed)
     with_detail = width >= 120
     if with_detail:
-        table.add_column("detail", overflow="ellipsis", no_wrap=True, max_width=max(20, width - 110))
+        # the other columns and the borders take about 62 + 3 per key column
+        keys_width = sum(max([len(k)] + [len(str(getattr(v, k) or "-")) for v in verdicts]) for k in keys)
+        table.add_column("detail", overflow="ellipsis", no_wrap=True,
+                         max_width=max(20, width - 62 - 3 * len(keys) - keys_width))
     for v in verdicts:
         colour = "green" if v.matched else "red"
-        row = [v.pool, v.variant, v.start_method or "-", f"[{colour}]{v.outcome_text()}[/]", str(v.expected),
+        row = [*(str(getattr(v, k) or "-") for k in keys), f"[{colour}]{v.outcome_text()}[/]", str(v.expected),
                "yes" if v.matched else "[red]NO[/]", f"{v.seconds:.1f}"]
         if with_detail:
             row.append(v.detail.splitlines()[0] if v.detail else "")
@@ -72,11 +78,19 @@ def results_table(verdicts: list[Verdict], title: str = "Celery pool matrix", wi
     return table
 
 
-def markdown_table(results: list[dict]) -> str:
-    """The results table in Markdown (for docs/), from the JSON record's ``results``."""
-    rows = ["| pool | variant | start method | outcome | expected | match | seconds |", "|---|---|---|---|---|---|---|"]
+def markdown_table(results: list[dict], keys: tuple[str, ...] = ("pool", "variant", "start_method"),
+                   detail: int = 0) -> str:
+    """The results table in Markdown (for docs/), from the JSON record's ``results``:
+    the ``keys`` columns (a missing value shows as ``-``), outcome, expected, match,
+    seconds, and with ``detail`` > 0 the detail's first line cut to that many characters."""
+    head = [*(k.replace("_", " ") for k in keys), "outcome", "expected", "match", "seconds"] + (["detail"] if detail else [])
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         outcome = outcome_text(r["outcome"], r.get("signal"), r.get("rule"))
-        rows.append(f"| {r['pool']} | {r['variant']} | {r.get('start_method') or '-'} | {outcome} | {r['expected']} | "
-                    f"{'yes' if r['matched'] else 'NO'} | {r['seconds']:.1f} |")
+        cells = [str(r.get(k) or "-") for k in keys] + [outcome, r["expected"], "yes" if r["matched"] else "NO",
+                                                       f"{r['seconds']:.1f}"]
+        if detail:
+            text = (r.get("detail") or "").splitlines()[0] if r.get("detail") else ""
+            cells.append((text if len(text) <= detail else text[: detail - 1] + "…").replace("|", "\\|"))
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -282,11 +282,12 @@ ZOMBIE_REAP_WAIT = 3.0  # seconds stop_group gives init to reap the zombies of a
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 2.0, sig: int = signal.SIGTERM,
-               kill_wait: float = 5.0) -> list[int]:
+               kill_wait: float = 5.0, zombie_wait: float = ZOMBIE_REAP_WAIT) -> list[int]:
     """Stop ``proc`` and every process of its process group (it leads one: started with
     ``start_new_session``): ``sig`` to the group, up to ``grace`` seconds, then SIGKILL
     and up to ``kill_wait`` seconds; ``sig=SIGKILL`` kills at once. Reaps ``proc``
-    (bounded, 5 s). Members that are zombies count as gone. Returns the pids of the
+    (bounded, 5 s). Members that are zombies count as gone; up to ``zombie_wait``
+    seconds go to letting init reap them (0: do not wait, they run nothing). Returns the pids of the
     group still running (normally [])."""
     pgid = proc.pid
     for signum, wait in ((sig, grace), (signal.SIGKILL, kill_wait)):
@@ -303,7 +304,8 @@ def stop_group(proc: subprocess.Popen, grace: float = 2.0, sig: int = signal.SIG
             proc.poll()
             if proc.returncode is not None and not group_members(pgid):
                 # only zombies left: give their new parent (init) a moment to reap them
-                wait_until(lambda: not group_alive(pgid), ZOMBIE_REAP_WAIT, interval=0.01)
+                if zombie_wait > 0:
+                    wait_until(lambda: not group_alive(pgid), zombie_wait, interval=0.01)
                 return []
             if time.monotonic() >= deadline:
                 break
@@ -336,6 +338,9 @@ def stop_tree(pid: int, grace: float = 1.0, sig: int = signal.SIGTERM, pgid: int
 
 RUN_ID_ENV = "FORKSAFETY_RUN_ID"
 SCENARIO_ENV = "FORKSAFETY_SCENARIO"
+# the pid of the runner that started a process (set by the runner matrix): a process
+# whose owner is gone was left by a killed runner (see sweep_orphans)
+OWNER_ENV = "FORKSAFETY_OWNER_PID"
 
 
 def processes_of_run(run_id: str, name: str = RUN_ID_ENV) -> list[psutil.Process]:
@@ -372,6 +377,27 @@ def sweep_run(run_id: str, grace: float = 1.0, name: str = RUN_ID_ENV, rounds: i
         found += [p.pid for p in procs]
         stop_processes(procs, grace=grace, reap=reap)
     return found
+
+
+def sweep_orphans(name: str = OWNER_ENV, grace: float = 0.5) -> list[int]:
+    """Stop every process tagged ``name=<pid>`` whose owner ``pid`` is gone: left by a
+    runner that was killed (SIGKILL leaves no time to clean up; PR_SET_PDEATHSIG
+    reaches only the runner's direct children, not what they forked). A pid taken
+    over by a process started after the tagged one counts as gone. Returns the
+    pids stopped (normally none). Bounded: ``grace`` + 5 seconds."""
+    orphans = []
+    for proc in psutil.process_iter():
+        try:
+            owner = proc.environ().get(name)
+            if proc.pid == os.getpid() or not owner or not owner.isdigit() or process_gone(proc):
+                continue
+            if int(owner) == os.getpid() or _creator_alive(int(owner), proc.create_time()):
+                continue
+            orphans.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    stop_processes(orphans, grace=grace, reap=True)
+    return [p.pid for p in orphans]
 
 
 def remove_stale_pid_folders(parent: Path, pattern: re.Pattern) -> list[Path]:
@@ -428,6 +454,7 @@ TEMP_KINDS: dict[str, str] = {
     "lab": "python -m forksafety lab (forksafety.lab), one per case",
     "strace": "demo_crash.py --strace (forksafety.cli_demo)",
     "versions": "make versions (forksafety.versionsets), the matrix's records and logs",
+    "runners": "the runner matrix (forksafety.runners), one per scenario",
 }
 
 

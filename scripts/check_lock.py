@@ -131,13 +131,18 @@ def closure_problems(pins: dict[str, tuple[str, str | None]]) -> list[str]:
     return sorted(set(problems))
 
 
+# modules of a direct dependency that import only inside their own server process:
+# uwsgi's uwsgidecorators imports ``uwsgi``, which only a running uWSGI provides
+SERVER_ONLY_MODULES = {"uwsgidecorators"}
+
+
 def direct_imports() -> list[str]:
     """Top-level module names of the project's direct dependencies installed here.
 
     The direct dependencies are pyproject.toml's [project] dependencies, its optional
     dependencies and its dependency groups; module names come from
     ``importlib.metadata.packages_distributions()``. Distributions with no module (py-spy
-    ships only a binary) are skipped.
+    ships only a binary) are skipped, and so are SERVER_ONLY_MODULES.
     """
     import tomllib
     from importlib import metadata
@@ -156,6 +161,8 @@ def direct_imports() -> list[str]:
             wanted.add(canonical(req.name))
     modules = set()
     for module, dists in metadata.packages_distributions().items():
+        if module in SERVER_ONLY_MODULES:
+            continue
         if module.isidentifier() and not module.startswith("_") and wanted & {canonical(d) for d in dists}:
             modules.add(module)
     return sorted(modules)

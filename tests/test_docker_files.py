@@ -16,6 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 MATRIX = ["test-all", "test-prefork", "test-gevent", "test-eventlet", "test-threads", "test-solo"]
 DEBUG = ["demo-crash", "demo-gdb", "demo-strace", "demo-fixed", "shell"]
+RUNNERS = ["runners", *(f"runners-{r}" for r in ("multiprocessing", "gunicorn", "fastapi", "rq", "huey", "dramatiq",
+                                                  "uwsgi"))]
 MAKE_TARGETS = ["help", "build", "redis", *MATRIX, "demo-crash", "demo-gdb", "demo-strace",
                 "demo-fixed", "shell", "clean", "down", "check", "native-test-all", "native-demo-gdb"]
 USER_FILES = ["Dockerfile", "compose.yml", "Makefile", ".dockerignore", "tests/docker/run.sh"]
@@ -49,7 +51,29 @@ def test_dockerignore_keeps_secrets_and_run_output_out() -> None:
 
 
 def test_compose_has_one_service_per_scenario(compose: dict) -> None:
-    assert set(compose["services"]) == {"redis", *MATRIX, *DEBUG, "clean"}
+    assert set(compose["services"]) == {"redis", *MATRIX, *DEBUG, *RUNNERS, "clean"}
+
+
+def test_runner_matrix_services_run_the_runner_and_may_ptrace(compose: dict) -> None:
+    for name in RUNNERS:
+        service = compose["services"][name]
+        assert service["entrypoint"] == ["python", "scripts/run_runners.py"], name
+        assert "SYS_PTRACE" in service["cap_add"], name
+        wanted = ["--all", "--json", "crash_dumps/runners.json"] if name == "runners" else \
+            ["--runner", name.removeprefix("runners-")]
+        assert service["command"] == wanted, name
+    # the image has what the runner matrix starts: its private redis-server, and a compiler for uwsgi
+    text = read("Dockerfile")
+    for package in ("redis-server", "gcc", "libc6-dev"):
+        assert re.search(rf"\b{package}\b", text), package
+
+
+@pytest.mark.parametrize("service", RUNNERS)
+def test_docker_runner_targets_run_their_compose_service(service: str) -> None:
+    done = subprocess.run(["make", "-n", "--no-print-directory", f"docker-{service}", "COMPOSE=docker compose"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"docker compose run --rm {service}" in done.stdout
 
 
 def test_redis_has_healthcheck_overridable_image_and_is_never_published_on_all_interfaces(compose) -> None:

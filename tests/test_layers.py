@@ -26,8 +26,8 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     "versions": (FOUNDATION, None),
     # 2 mechanics
     "watch": (MECHANICS, None), "forkchild": (MECHANICS, None), "capture": (MECHANICS, None),
-    "report": (MECHANICS, None),
-    # 3 products: the Celery harness, the demo, the checker (check, checkrun, guard, lab, cases), docs, inspect
+    "report": (MECHANICS, None), "loopback": (MECHANICS, None),
+    # 3 products: the Celery harness, the demo, the checker (check, checkrun, guard, lab, cases), docs, inspect, runners
     "harness": (PRODUCTS, "harness"), "app": (PRODUCTS, "harness"), "broker": (PRODUCTS, "harness"),
     "store": (PRODUCTS, "harness"), "embeddings": (PRODUCTS, "harness"), "startmethod": (PRODUCTS, "harness"),
     "poolstart": (PRODUCTS, "harness"), "escapes": (PRODUCTS, "harness"), "chromaserver": (PRODUCTS, "harness"),
@@ -38,6 +38,7 @@ LAYERS: dict[str, tuple[int, str | None]] = {
     "versionsets": (PRODUCTS, "versions"),
     # inspect PID: the verdict on a process that is stuck now (watch rules, procinfo, capture, origins)
     "diagnose": (PRODUCTS, "inspect"),
+    "runners": (PRODUCTS, "runners"),
     # 4 entry points
     "cli": (ENTRY, None), "__main__": (ENTRY, None), "bootstrap": (ENTRY, None),
     "pytest_plugin": (ENTRY, None),  # pytest's entry point (pytest11): lazily the guard, nothing else

@@ -55,12 +55,14 @@ from .tools import (
 )
 from .evidence import (
     capture_celery_child,
+    capture_forked_child,
     child_evidence,
     count_names,
     describe_snapshot,
     dump_path,
     explain_child,
     futex_lines,
+    hang_detail,
     write_dump,
 )
 from .debuggers import (
@@ -108,6 +110,7 @@ __all__ = [
     "UnfinishedCall",
     "after_detach",
     "capture_celery_child",
+    "capture_forked_child",
     "check_ptrace_allowed",
     "check_tool_runs",
     "child_evidence",
@@ -121,6 +124,7 @@ __all__ = [
     "find_python_gdb_extension",
     "find_unfinished_futex",
     "futex_lines",
+    "hang_detail",
     "gdb_capture",
     "gdb_commands",
     "has_cap_sys_ptrace",

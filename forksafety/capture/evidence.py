@@ -15,6 +15,7 @@ import psutil
 from .. import procinfo
 from ..origins import load_origins
 from ..versions import header_lines
+from ..watch import RULE_DEADLINE
 from .tools import Section, python_stacks
 
 
@@ -165,29 +166,48 @@ def write_dump(path: Path, title: str, sections: list[Section],
     return path
 
 
-def capture_celery_child(child_pid: int, worker_pid: int, snap: procinfo.ProcSnapshot, pool: str,
-                         variant: str, log_dir: Path, full: bool = True, verdict: str = "") -> dict:
-    """Capture a hung Celery pool child into ``crash_dumps/celery_<pool>_<variant>_<ts>.log``.
+def hang_detail(rule: str, timeout: float, evidence: dict | None, reached: bool, where: str = "a pool child") -> str:
+    """The one-line detail of a HANG verdict: for the ``deadline`` rule, how long we
+    waited (and whether the work ever reached ``where``); for the other rules, the
+    blocking syscall and the threads lost in the fork (from ``evidence``)."""
+    if rule == RULE_DEADLINE:
+        return f"no result after {timeout:g} s" + ("" if reached else f" (the task never reached {where})")
+    lost = (evidence or {}).get("lost_threads") or []
+    return f"{(evidence or {}).get('syscall') or 'blocked'}; lost in the fork: " + \
+        (", ".join(f"{n}x {name}" for name, n in Counter(lost).items()) or "no thread")
 
-    Compares the child's threads with the worker main process's (the threads
-    the child lost in the fork). With ``full``, adds py-spy and pystack stacks
-    (each bounded by TOOL_TIMEOUT seconds). Returns the ``evidence`` summary:
-    lost_threads, syscall, top_python_frame, log, summary.
+
+def capture_forked_child(child_pid: int, parent_pid: int, snap: procinfo.ProcSnapshot, kind: str,
+                         scenario: str, title: str, log_dir: Path, full: bool = True, verdict: str = "",
+                         parent_label: str = "parent", child_label: str = "child",
+                         parent_word: str = "parent") -> dict:
+    """Capture a hung forked worker into ``crash_dumps/<kind>_<scenario>_<ts>.log``.
+
+    Compares the child's threads with those of ``parent_pid`` (the process that
+    forked it: the threads the child lost in the fork). With ``full``, adds py-spy
+    and pystack stacks (each bounded by TOOL_TIMEOUT seconds). Returns the
+    ``evidence`` summary: lost_threads, syscall, top_python_frame, log,
+    child_threads, worker_threads (the parent's count), summary.
     """
     try:
-        worker_names = procinfo.thread_names(worker_pid)
+        parent_names = procinfo.thread_names(parent_pid)
     except psutil.Error:
-        worker_names = []
-    sections, ev = child_evidence(child_pid, snap, worker_names, worker_pid,
-                                  parent_label="worker main", child_label="pool child", stacks=full,
-                                  parent_word="worker")
+        parent_names = []
+    sections, ev = child_evidence(child_pid, snap, parent_names, parent_pid, parent_label=parent_label,
+                                  child_label=child_label, stacks=full, parent_word=parent_word)
     if verdict:
         sections.insert(0, ("verdict", [verdict]))
-    path = write_dump(dump_path(log_dir, "celery", f"{pool}_{variant}"),
-                      f"celery pool child capture ({pool}/{variant})", sections)
+    path = write_dump(dump_path(log_dir, kind, scenario), title, sections)
     return {"lost_threads": ev["lost_threads"], "syscall": ev["syscall"],
             "top_python_frame": ev["top_python_frame"], "log": str(path),
             "child_threads": ev["child_threads"], "worker_threads": ev["parent_threads"],
             "summary": ev["summary"]}
 
 
+def capture_celery_child(child_pid: int, worker_pid: int, snap: procinfo.ProcSnapshot, pool: str,
+                         variant: str, log_dir: Path, full: bool = True, verdict: str = "") -> dict:
+    """Capture a hung Celery pool child into ``crash_dumps/celery_<pool>_<variant>_<ts>.log``
+    (``capture_forked_child`` with the worker main process as the parent)."""
+    return capture_forked_child(child_pid, worker_pid, snap, "celery", f"{pool}_{variant}",
+                                f"celery pool child capture ({pool}/{variant})", log_dir, full, verdict,
+                                parent_label="worker main", child_label="pool child", parent_word="worker")

@@ -146,6 +146,7 @@ class Report:
     objects: list[ObjectRecord]
     findings: list[Finding]
     seconds: float = 0.0
+    frameworks: list[str] = field(default_factory=list)  # RUNNER_MODULES the process has imported
 
     def thread_groups(self) -> list[dict]:
         """Threads grouped by (name, origin): ``[{name, origin, count, safety, library}]``,
@@ -180,7 +181,7 @@ class Report:
                    sockets=[SocketRecord(**s) for s in data["sockets"]],
                    objects=[ObjectRecord(**o) for o in data["objects"]],
                    findings=[Finding(**f) for f in data["findings"]],
-                   seconds=data.get("seconds", 0.0))
+                   seconds=data.get("seconds", 0.0), frameworks=data.get("frameworks", []))
 
 
 def _qualified(obj: object) -> str:
@@ -498,6 +499,11 @@ def verdict_of(findings: list[Finding]) -> Safety:
     return Safety.SAFE
 
 
+# job queues and servers whose import in the inspected process tells which runner will
+# fork it (the fix differs per runner: forksafety.guard.RUNNER_FIXES)
+RUNNER_MODULES = ("celery", "gunicorn", "uwsgi", "huey", "rq", "dramatiq")
+
+
 def inspect_process(tracker: Tracker | None = None, *, fds: bool = True, objects: bool = True,
                     scan_stacks: bool = True, environ: dict[str, str] | None = None,
                     origins: Origins | None = None, retries: int = 20) -> Report:
@@ -521,6 +527,7 @@ def inspect_process(tracker: Tracker | None = None, *, fds: bool = True, objects
     findings = _findings(threads, sqlite, sockets, objs, origins)
     return Report(pid=os.getpid(), platform=sys.platform, caller_tid=caller, verdict=verdict_of(findings),
                   threads=threads, sqlite=sqlite, sockets=sockets, objects=objs, findings=findings,
-                  seconds=round(time.perf_counter() - started, 4))
+                  seconds=round(time.perf_counter() - started, 4),
+                  frameworks=[name for name in RUNNER_MODULES if name in sys.modules])
 
 

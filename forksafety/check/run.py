@@ -56,6 +56,7 @@ class CheckRequest:
     env: dict[str, str | None] = field(default_factory=dict)
     cwd: str | None = None
     command: list[str] | None = None  # the user's command line, for the header of evidence files
+    runner: str | None = None  # --runner: the runner that will fork the target (its fix is shown)
 
 
 @dataclass

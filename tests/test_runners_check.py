@@ -1,0 +1,46 @@
+"""``forksafety check`` names the runner's fix: when told (--runner NAME), and when it
+can tell by itself (a Celery app; a job-queue library the target imports)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from forksafety.guard import RUNNER_FIXES
+from tests.conftest import PYTHON, REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "forksafety", "check", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_told_the_runner_it_names_that_fix():
+    done = check("runner_examples/wsgi_app.py", "--runner", "gunicorn")
+    assert done.returncode == 1, done.stderr  # UNSAFE: the store's threads
+    assert "For gunicorn (--runner), fix (one of):" in done.stdout
+    assert "post_fork(server, worker)" in done.stdout and "drop --preload" in done.stdout
+    assert "For celery" not in done.stdout and "For huey" not in done.stdout
+
+
+def test_it_tells_the_runner_from_the_imports():
+    done = check("runner_examples/huey_tasks.py")
+    assert done.returncode == 1, done.stderr
+    assert "For huey (imported by the target), fix (one of):" in done.stdout
+    assert "@huey.on_startup()" in done.stdout
+
+
+def test_a_celery_app_gets_the_celery_fixes():
+    done = check("-A", "celery_examples.tasks_pool_test")
+    assert done.returncode == 1, done.stderr
+    assert "For this Celery app, with the prefork pool, fix (one of):" in done.stdout
+    assert "worker_process_init" in done.stdout
+
+
+def test_every_runner_has_fixes_and_an_unknown_one_is_exit_2():
+    assert set(RUNNER_FIXES) == {"celery", "gunicorn", "uwsgi", "huey", "rq", "dramatiq", "multiprocessing"}
+    done = check("runner_examples/wsgi_app.py", "--runner", "nope")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "invalid choice: 'nope'" in done.stderr
