@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         sys.stderr.write(f"{prog}: error: choose a command: check, lab or inspect (see {prog} --help)\n")
         return 2
+    if not args[0].startswith("-") and args[0] not in COMMANDS:  # check's parser knows only check and lab
+        sys.stderr.write(f"{prog}: error: unknown command {args[0]!r}: use one of {', '.join(COMMANDS)} "
+                         f"(see {prog} --help)\n")
+        return 2
     if args and args[0] == "inspect":
         return run(COMMANDS["inspect"], "main", f"{prog} inspect", args[1:])
     # check, lab, and the one-line errors for no command or an unknown one

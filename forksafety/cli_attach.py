@@ -24,7 +24,7 @@ from pathlib import Path
 from . import procinfo
 from .capture import (DEBUGGER_TIMEOUT, DebuggerCapture, check_ptrace_allowed, check_tool_runs, count_names,
                       debugger_report_sections, describe_snapshot, dump_path, gdb_capture, innermost_python_frame,
-                      last_line, lldb_capture, lldb_catch, require_tool, write_dump)
+                      killed_by, last_line, lldb_capture, lldb_catch, require_tool, write_dump)
 from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, MAX_SECONDS, Interrupted, OnceAction, Parser, check_log_dir,
                   check_output_file, fail, install_interrupt_handlers, path_arg, quiet_signals, say, seconds_type,
                   sweep_leftovers, variant_type, written)
@@ -247,6 +247,9 @@ def _print_capture(tool: str, cap: DebuggerCapture, ok: bool) -> None:
         said = last_line(cap.output)
         say(f"{tool} INCOMPLETE: exit {cap.returncode}, recorded no backtrace of the child"
             + (f"; {tool} said: {said}" if said else ""))
+    elif killed_by(cap):
+        say(f"{tool} INCOMPLETE: killed by {killed_by(cap)} (exit {cap.returncode}) before it detached; "
+            "the kernel detached the child")
     else:
         state = "recorded" if ok else "INCOMPLETE"
         say(f"{tool} {state}: exit {cap.returncode}, detached {'cleanly' if cap.detached else 'NO'}")

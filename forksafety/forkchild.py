@@ -25,6 +25,7 @@ import time
 import traceback
 from collections.abc import Callable
 
+from .outcome import signal_of_returncode
 from .watch import set_parent_death_signal
 
 __all__ = ["ForkedCall", "MESSAGE_LIMIT", "KILL_WAIT"]
@@ -189,12 +190,7 @@ class ForkedCall:
     @property
     def signal_name(self) -> str | None:
         """``SIGKILL`` & co when the child was killed by a signal, else None."""
-        if self.returncode is None or self.returncode >= 0:
-            return None
-        try:
-            return signal.Signals(-self.returncode).name
-        except ValueError:
-            return f"signal {-self.returncode}"
+        return signal_of_returncode(self.returncode)
 
     def close(self) -> None:
         """Close our end of the pipe (the child is not touched; ``kill`` it first)."""

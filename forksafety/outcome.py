@@ -10,6 +10,7 @@ never assumed from the platform: billiard >= 4.3 spawns on macOS by default.
 from __future__ import annotations
 
 import enum
+import signal
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -54,6 +55,17 @@ class Expected:
     def matches(self, outcome: Outcome, signal: str | None) -> bool:
         """True when ``outcome`` (and, for CRASH with a named signal, ``signal``) match."""
         return outcome == self.outcome and (self.signal is None or self.signal == signal)
+
+
+def signal_of_returncode(returncode: int | None) -> str | None:
+    """``"SIGKILL"`` & co for a process that a signal ended (subprocess/os.waitstatus_to_exitcode:
+    a negative return code is minus the signal's number), else None (exited, or still running)."""
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
 
 
 def current_platform() -> str:

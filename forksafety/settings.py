@@ -163,6 +163,8 @@ def check_writable(folder: Path, what: str = "chroma folder",
     Raises SettingsError naming ``what``, the folder and ``fix`` when it is not writable.
     """
     probe = folder / ".forksafety-write-test"
+    if folder.exists() and not folder.is_dir():
+        raise SettingsError(f"{what} {folder} is a file, not a folder", fix)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")

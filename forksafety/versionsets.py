@@ -41,6 +41,7 @@ from pathlib import Path
 from .capture import run_tool
 from .origins import Origins
 from .outcome import Expected, Outcome, expected_outcome, outcome_text
+from .report import write_json
 from .settings import REPO_ROOT
 from .watch import make_temp_dir, remove_stale_temp_folders
 
@@ -149,8 +150,13 @@ def env_dir(vset: VersionSet, python: str, cache: Path = CACHE_DIR) -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    """True when ``folder``'s build finished (its ``.complete`` marker, written last, exists)."""
-    return (folder / COMPLETE).is_file()
+    """True when ``folder``'s build finished: its ``.complete`` marker, written last and
+    atomically (report.write_json), holds the JSON record of the build. An empty or torn
+    marker (a build killed while it wrote one by hand, or a bad copy) does not count."""
+    try:
+        return "lock" in json.loads((folder / COMPLETE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def build_env(vset: VersionSet, python: str, env: dict[str, str], cache: Path = CACHE_DIR,
@@ -187,8 +193,7 @@ def build_env(vset: VersionSet, python: str, env: dict[str, str], cache: Path = 
                     if line.strip() and not line.startswith("No broken") and not any(a in line for a in allowed)]
         if check.returncode != 0 and problems:
             raise BuildError("pip check: " + " | ".join(problems[:3]))
-        (folder / COMPLETE).write_text(json.dumps({"lock": vset.lock, "python": python,
-                                                   "pip_check": check.output.strip()}) + "\n")
+        write_json(folder / COMPLETE, {"lock": vset.lock, "python": python, "pip_check": check.output.strip()})
         return folder, f"built in {time.monotonic() - t0:.0f} s"
 
 

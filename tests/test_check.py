@@ -251,6 +251,7 @@ def test_celery_app_with_chroma_is_unsafe_and_its_task_hangs(tmp_path):
     (["check", "README.md/tasks.py"], "README.md is a file, not a folder"),
     (["check", "-A", "forksafety.cases.plain"], "no Celery app found"),
     ([], "choose a command"),
+    (["inspekt", "123"], "error: unknown command 'inspekt': use one of check, lab, inspect"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_traceback(args, message):
     done = forksafety(*args)

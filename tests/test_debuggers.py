@@ -235,3 +235,23 @@ def test_lldb_catch_mode_records_a_crash(tmp_path, monkeypatch):
     assert "rip = " in _section(text, "lldb: register read")
     assert_gone(child, *started)
     assert not (tmp_path / "chroma").exists() or list((tmp_path / "chroma").iterdir()) == []
+
+
+@needs_gdb
+def test_gdb_killed_mid_run_is_not_called_a_clean_detach(tmp_path):
+    """gdb killed while it runs (here by a shell command it runs itself: kill -9 of gdb) never
+    ran its detach: the kernel detached the child. Said as such, exit 1, the record says so;
+    gdb and the child are gone."""
+    out = run_script("gdb_attach_child.py", "--command", "shell kill -9 $PPID", "--python-stack", "py-bt",
+                     "--json", tmp_path / "gdb.json", "--log-dir", tmp_path / "logs", tmp_path=tmp_path, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "gdb INCOMPLETE: killed by SIGKILL (exit -9) before it detached" in out.stdout, out.stdout
+    assert "detached cleanly" not in out.stdout
+    log = Path(re.search(r"^log: (.+)$", out.stdout, re.M).group(1)).read_text()
+    assert "gdb did not detach: it was killed by SIGKILL" in _section(log, "after gdb detached")
+    assert "detached cleanly" not in log
+    record = json.loads((tmp_path / "gdb.json").read_text())
+    assert record["gdb"]["exit_code"] == -9 and not record["gdb"]["detached"] and not record["capture_ok"]
+    gdb = int(re.search(r"gdb pid (\d+)", out.stdout).group(1))
+    child = int(re.search(r"forked child pid (\d+)", out.stdout).group(1))
+    assert_gone(gdb, child)

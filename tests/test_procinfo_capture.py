@@ -284,6 +284,22 @@ def test_run_tool_timeout_kills_the_whole_group():
         os.killpg(out.pid, 0)  # the shell and its background sleep are gone
 
 
+def test_run_tool_ends_with_the_tool_and_stops_what_it_left_in_its_group(tmp_path):
+    """A tool that exits but leaves a background process in its group (gdb's ``shell CMD &``):
+    run_tool returns the tool's own result as soon as it exits (not at the timeout, even when the
+    leftover holds the output pipe open), and the leftover is stopped."""
+    for keeps_pipe in (True, False):
+        redirect = "" if keeps_pipe else " >/dev/null 2>&1"
+        bg = tmp_path / f"bg-{keeps_pipe}.pid"
+        t0 = time.monotonic()
+        out = capture.run_tool(["sh", "-c", f"sleep 300{redirect} & echo $! > {bg}; echo finished"], timeout=20)
+        assert time.monotonic() - t0 < 10, keeps_pipe
+        assert out.returncode == 0 and "finished" in out.output and "timed out" not in out.output
+        assert wait_until(lambda: _gone(int(bg.read_text())), 5), keeps_pipe
+        with pytest.raises(ProcessLookupError):
+            os.killpg(out.pid, 0)
+
+
 def test_run_tool_stops_the_group_when_the_caller_is_interrupted():
     pids = []
 

@@ -57,6 +57,17 @@ def test_unwritable_chroma_dir(blocked_dir):
     assert "CHROMA_DIR" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_chroma_dir_that_is_a_file(tmp_path):
+    """CHROMA_DIR naming an existing file: said as such (not 'not writable (File exists)')."""
+    file = tmp_path / "a-file"
+    file.write_text("keep me")
+    done = run_cli(["--pool", "threads"], env={"CHROMA_DIR": str(file)}, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"run_test.py: error: chroma folder {file} is a file, not a folder: "
+                                   "set CHROMA_DIR to a writable folder in .env or the environment")
+    assert file.read_text() == "keep me"
+
+
 def test_unwritable_json_path(blocked_dir):
     done = run_cli(["--pool", "threads", "--json", str(blocked_dir / "r.json")], timeout=60)
     assert done.returncode == 2 and "--json folder" in done.stderr

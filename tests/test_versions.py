@@ -47,6 +47,20 @@ def test_a_missing_interpreter_is_skipped_not_failed(tmp_path):
     assert "skipped: python3.99 not found" in versionsets.text_table(results)
 
 
+def test_a_torn_complete_marker_is_not_a_complete_env(tmp_path):
+    """A build killed while its .complete marker was being written leaves an empty or cut
+    file: the next run must rebuild, not take the half-written marker as a finished build."""
+    folder = tmp_path / "chromadb-1.0.0-0123456789abcdef"
+    folder.mkdir()
+    assert not versionsets.is_complete(folder)
+    for torn in ("", '{"lock": "versions/chromadb-1.0.0.lo', "null", "[]"):
+        (folder / versionsets.COMPLETE).write_text(torn)
+        assert not versionsets.is_complete(folder), torn
+    (folder / versionsets.COMPLETE).write_text(json.dumps({"lock": "versions/chromadb-1.0.0.lock", "python": "x",
+                                                           "pip_check": "No broken requirements found."}))
+    assert versionsets.is_complete(folder)
+
+
 def test_an_unwritable_cache_is_a_usage_error():
     done = subprocess.run([PYTHON, str(SCRIPT), "--cache", "/proc/forksafety-cache"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)

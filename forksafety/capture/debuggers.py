@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from .. import procinfo
+from ..outcome import signal_of_returncode
 from ..watch import pid_gone
 from .tools import (DEBUGGER_TIMEOUT, Section, ToolOutput, not_runnable, ptrace_refusal, py_spy_dump, pystack_remote,
                     require_tool, run_tool, top_python_frame, top_python_frame_pystack)
@@ -307,11 +308,31 @@ def _never_attached(cap: DebuggerCapture) -> None:
                      for line in cap.after]
 
 
+def killed_by(cap: DebuggerCapture) -> str | None:
+    """The signal that ended the debugger (``"SIGKILL"``), or None when it exited by itself
+    or timed out (subprocess: a negative returncode is the signal's number)."""
+    return signal_of_returncode(cap.returncode)
+
+
+def _killed_before_detach(cap: DebuggerCapture) -> None:
+    """A debugger killed by a signal (someone killed gdb mid-run) never ran its detach:
+    the kernel detached the process when the tracer died (ptrace(2)). Not a clean detach."""
+    sig = killed_by(cap)
+    if sig is None:
+        return
+    cap.detached = False
+    cap.after = [line if not line.startswith("detached cleanly") else
+                 f"not traced any more, but {cap.tool} did not detach: it was killed by {sig} "
+                 "before its detach command (the kernel detached the process)"
+                 for line in cap.after]
+
+
 def _after_attach(cap: DebuggerCapture, pid: int) -> None:
     """After gdb or lldb detached: the process's state (was it detached cleanly?), and
     the futex word from /proc/<pid>/mem when the debugger could not read it."""
     cap.detached, cap.after = after_detach(pid)
     _never_attached(cap)
+    _killed_before_detach(cap)
     if cap.syscall is not None and cap.syscall.call.futex and cap.syscall.value_now is None:
         value = procinfo.read_u32(pid, cap.syscall.call.futex["uaddr"])
         if value is not None:

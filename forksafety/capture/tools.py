@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def run_tool(command: list[str], timeout: float = TOOL_TIMEOUT,
     try:
         if on_start is not None:
             on_start(proc.pid)
-        out, _ = proc.communicate(timeout=timeout)
+        out = _communicate_until_exit(proc, timeout)
     except subprocess.TimeoutExpired:
         stop_group(proc, grace=KILL_GRACE)
         try:
@@ -89,7 +90,37 @@ def run_tool(command: list[str], timeout: float = TOOL_TIMEOUT,
     except BaseException:
         stop_group(proc, grace=KILL_GRACE)
         raise
+    if _group_left(proc.pid):  # the tool finished; what it started in its group is ours to stop too
+        stop_group(proc, grace=KILL_GRACE)
     return ToolOutput(command, proc.returncode, out or "", proc.pid)
+
+
+def _group_left(pgid: int) -> bool:
+    """True while process group ``pgid`` has a member (kill(2) with signal 0)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _communicate_until_exit(proc: subprocess.Popen, timeout: float) -> str:
+    """``proc.communicate`` bounded by ``timeout`` seconds that also ends when the tool has
+    exited but something it started (gdb's ``shell CMD &``) still holds the output pipe open:
+    that group is stopped, and what was written is read. Raises TimeoutExpired at the deadline
+    (communicate keeps the output read so far for the next call: subprocess docs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out, _ = proc.communicate(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            return out
+        except subprocess.TimeoutExpired:
+            if proc.poll() is not None:
+                stop_group(proc, grace=KILL_GRACE)
+                out, _ = proc.communicate(timeout=5)
+                return out
+            if time.monotonic() >= deadline:
+                raise
 
 
 def tool_path(name: str) -> str:
