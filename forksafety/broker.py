@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BrokerError
-from .settings import redact_url
+from .settings import DEFAULT_REDIS_URL, redact_url
 from .loopback import START_REDIS_HELP, free_port, redis_ping, start_redis_server  # noqa: F401 - names of this module
 from .watch import make_temp_dir, stop_processes
 
@@ -40,13 +40,17 @@ class Broker:
     data_folder: Path | None = None
     process: subprocess.Popen | None = None
     _owned_dir: Path | None = field(default=None, repr=False)
+    skipped: str = ""  # auto mode: why the configured REDIS_URL was not used ("" when it was, or not tried)
 
     def describe(self) -> str:
-        """Human-readable one-liner (password redacted)."""
+        """Human-readable one-liner (password redacted); in auto mode, also why the
+        configured Redis was passed over."""
         if self.kind == "filesystem":
-            return f"filesystem (kombu filesystem transport in {self.data_folder})"
-        where = "private redis-server we started" if self.kind == "redis-private" else "REDIS_URL"
-        return f"redis {redact_url(self.url)} ({where})"
+            text = f"filesystem (kombu filesystem transport in {self.data_folder})"
+        else:
+            where = "private redis-server we started" if self.kind == "redis-private" else "REDIS_URL"
+            text = f"redis {redact_url(self.url)} ({where})"
+        return f"{text}; {self.skipped}" if self.skipped else text
 
     def transport_options(self, queue: str) -> dict:
         """kombu transport options for a run on ``queue``."""
@@ -169,11 +173,19 @@ def resolve_broker(mode: str, redis_url: str, run_id: str | None = None) -> Brok
         return Broker("redis", redis_url, redis_url, key_prefix=prefix)
     if mode != "auto":
         raise BrokerError(f"unknown broker {mode!r}", f"use one of {', '.join(MODES)}")
-    if redis_ping(redis_url, timeout=1.0) is None:
+    error = redis_ping(redis_url, timeout=1.0)
+    if error is None:
         return Broker("redis", redis_url, redis_url, key_prefix=prefix)
+    # Say why the configured Redis was passed over only when the user set one (REDIS_URL in
+    # the environment or .env): the default URL not answering is the normal case on a laptop.
+    skipped = (f"REDIS_URL {redact_url(redis_url)} did not answer in 1 s ({error})"
+               if redis_url != DEFAULT_REDIS_URL else "")
+    broker = None
     if shutil.which("redis-server"):
         try:
-            return start_private_redis(run_id)
+            broker = start_private_redis(run_id)
         except BrokerError:
             pass
-    return filesystem_broker(run_id)
+    broker = broker or filesystem_broker(run_id)
+    broker.skipped = skipped
+    return broker

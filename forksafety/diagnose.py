@@ -25,6 +25,7 @@ Importing this module starts no thread and opens no connection.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ SAMPLE_INTERVAL = 0.05  # seconds between two looks at the process
 IO_WAITS = ("read", "recvfrom", "recvmsg", "accept", "accept4", "poll", "ppoll", "select", "pselect6",
             "epoll_wait", "epoll_pwait", "epoll_pwait2")  # syscalls whose first argument is a file descriptor
 PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
+ROOT_REFUSED_HELP = ("the container or sandbox denies ptrace: in Docker add the SYS_PTRACE capability "
+                     "(docker run --cap-add=SYS_PTRACE); a container's own init (pid 1) may stay refused")
 NOT_TRACEABLE_HELP = ("run it as that process's user or as root (sudo forksafety inspect PID); in Docker add "
                       "the SYS_PTRACE capability (docker run --cap-add=SYS_PTRACE)")
 
@@ -138,10 +141,16 @@ def check_inspectable(pid: int) -> psutil.Process:
                 owner = proc.username()
             except psutil.Error:
                 owner = "another user"
+            if os.geteuid() == 0:
+                # root and still refused: ptrace(2) is denied by the sandbox or container (no
+                # CAP_SYS_PTRACE, a seccomp or LSM rule, or the target is the container's init)
+                raise PtraceError(f"even root may not trace pid {pid} ({name}, user {owner}) here: "
+                                  f"/proc/{pid}/syscall is refused", ROOT_REFUSED_HELP) from None
             raise PtraceError(f"you may not trace pid {pid} ({name}, user {owner}): /proc/{pid}/syscall is "
                               "readable only by a process allowed to ptrace it", NOT_TRACEABLE_HELP) from None
         except FileNotFoundError:
-            raise ProcessNotFoundError(f"pid {pid} ended while it was inspected", "") from None
+            raise ProcessNotFoundError(f"pid {pid} ended while it was inspected",
+                                       "it is not stuck any more; if it hangs again, inspect the new pid") from None
     return proc
 
 

@@ -135,6 +135,22 @@ def test_a_kernel_thread_cannot_be_traced_one_line_exit_2(tmp_path):
     assert len(out.stderr.splitlines()) == 1 and "pid 2 (kthreadd) is a kernel thread" in out.stderr
 
 
+def test_root_refused_by_the_sandbox_is_told_so_not_to_run_as_root(tmp_path):
+    """As root, where the container still refuses /proc/1/syscall, the message must not
+    tell root to run as root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    try:
+        Path("/proc/1/syscall").read_bytes()
+        pytest.skip("root may read /proc/1/syscall here: nothing refuses it")
+    except PermissionError:
+        pass
+    out = inspect(1, cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert len(out.stderr.splitlines()) == 1 and "even root may not trace pid 1" in out.stderr
+    assert "sudo" not in out.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "the following arguments are required: PID"),
     (["abc"], "argument PID: 'abc' is not an integer"),

@@ -97,11 +97,12 @@ def test_five_pools_with_the_filesystem_transport(tmp_path):
 
 def test_auto_starts_a_private_redis_when_redis_url_does_not_answer(tmp_path):
     out = tmp_path / "results.json"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     done = run_cli(["--pool", "threads", "--json", str(out), "--log-dir", str(tmp_path / "dumps")],
-                   env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "CHROMA_DIR": str(tmp_path / "c")},
-                   timeout=120)
+                   env={"REDIS_URL": url, "CHROMA_DIR": str(tmp_path / "c")}, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "(private redis-server we started)" in done.stdout
+    assert f"REDIS_URL {url} did not answer in 1 s" in done.stdout  # says why it was passed over
     record = json.loads(out.read_text())
     assert record["results"][0]["outcome"] == "PASS"
     _assert_nothing_left(record, tmp_path / "c")  # the private redis-server is tagged too
