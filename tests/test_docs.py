@@ -33,6 +33,15 @@ def test_captured_blocks_were_written_by_make_docs_and_not_edited(path):
     assert docs.verify_text(text) == []
 
 
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.name)
+def test_captured_blocks_use_the_one_spelling_of_success_and_the_one_variant_vocabulary(path):
+    """Blocks captured before issue 12's renames said OK and the demo's old variant names;
+    a stale block must fail here (run `make docs`), not mislead a reader."""
+    old = re.compile(r"\bOK\b|variant inherited|demo-inherited-|`inherited`|same-dir-new-client|parent-never-opened")
+    for block in docs.find_blocks(path.read_text()):
+        assert not old.search(block.body), (block.name, old.search(block.body).group(0))
+
+
 def test_the_analysis_docs_exist_and_carry_captures():
     for name in ("LINUX_RESULTS.md", "FIXES.md", "MACOS_RESULTS.md", "CHECK.md"):
         assert (REPO / "docs" / name).exists(), name
