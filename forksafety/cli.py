@@ -213,14 +213,19 @@ def remove_stale_strace_folders(tmp: Path | None = None) -> list[Path]:
 
 
 def sweep_leftovers(chroma_dir: Path, strace_tmp: bool = True) -> None:
-    """Remove what killed demo runs left (Chroma folders, --strace temporary folders),
-    one line each (the demo and debugger scripts run it first)."""
+    """Remove what killed demo runs left (Chroma folders, processes their tools started,
+    --strace temporary folders), one line each (the demo and debugger scripts run it first)."""
     from .demo import remove_stale_demo_folders
+    from .watch import sweep_orphans
 
     stale = remove_stale_demo_folders(chroma_dir)
     if stale:
         say(f"removed {len(stale)} Chroma folder(s) left by killed demo runs under {chroma_dir}: "
             f"{', '.join(f.name for f in stale)}")
+    orphans = sweep_orphans()
+    if orphans:
+        say(f"stopped {len(orphans)} process(es) left by killed runs (tools they started): "
+            f"{', '.join(map(str, orphans))}")
     if strace_tmp:
         tmp = remove_stale_strace_folders()
         if tmp:

@@ -529,3 +529,40 @@ def test_importing_the_package_starts_no_thread_and_no_chromadb():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "False", "False"]
+
+
+def test_what_a_tool_started_is_swept_after_its_caller_was_killed(tmp_path):
+    """A process a tool forked (gdb's `shell CMD &`) outlives a SIGKILLed caller: PR_SET_PDEATHSIG
+    reaches the tool only. run_tool tags it with the caller's pid, and watch.sweep_orphans,
+    which the demo and debugger scripts run first, stops it."""
+    import psutil
+
+    from forksafety.watch import OWNER_ENV, sweep_orphans, wait_until
+
+    marker = f"forksafety-orphan-test-{os.getpid()}"
+    code = ("import sys; from forksafety.capture import run_tool; "
+            f"run_tool(['bash', '-c', '(exec -a {marker} sleep 60) & sleep 60'], timeout=120)")
+    caller = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
+
+    def orphan():
+        for p in psutil.process_iter(["cmdline"]):
+            if (p.info["cmdline"] or [""])[0] == marker:
+                return p
+        return None
+
+    try:
+        assert wait_until(lambda: orphan() is not None, 20), "the tool's child never started"
+        caller.kill()
+        caller.wait(timeout=10)
+        left = orphan()
+        assert wait_until(lambda: not psutil.pid_exists(caller.pid) or psutil.Process(caller.pid).status() == "zombie", 5)
+        assert left is not None and left.environ().get(OWNER_ENV) == str(caller.pid)
+        assert left.pid in sweep_orphans()
+        assert wait_until(lambda: orphan() is None, 10)
+    finally:
+        caller.kill()
+        caller.wait(timeout=10)
+        sweep_orphans()
+        left = orphan()
+        if left is not None:
+            left.kill()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PtraceError, ToolMissingError
-from ..watch import pdeathsig_preexec, stop_group
+from ..watch import OWNER_ENV, pdeathsig_preexec, stop_group
 
 TOOL_TIMEOUT = 20.0  # seconds any one external tool may take
 DEBUGGER_TIMEOUT = 60.0  # seconds gdb / lldb may take to attach, print and detach
@@ -64,11 +64,17 @@ def run_tool(command: list[str], timeout: float = TOOL_TIMEOUT,
     is re-raised. stderr is merged into stdout (the order the tool wrote them).
 
     on_start: called with the tool's pid once it runs (to print or record it).
+    env: the tool's environment (default: ours), always with ``watch.OWNER_ENV`` set to
+    our pid, so that what it leaves behind after we are killed can be swept.
     capture: False lets the tool write to our stdout/stderr (``output`` is then "").
     """
     if not tool_available(command[0]):
         return ToolOutput(command, None, f"{command[0]} is not installed")
     pipe = subprocess.PIPE if capture else None
+    # Tag the tool and all it starts with our pid: a process the tool leaves behind when
+    # we are SIGKILLed (PR_SET_PDEATHSIG reaches the tool only, not what it forked, e.g.
+    # gdb's `shell CMD &`) is then found and stopped by a later run (watch.sweep_orphans).
+    env = {**(os.environ if env is None else env), OWNER_ENV: str(os.getpid())}
     try:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=pipe,
                                 stderr=subprocess.STDOUT if capture else None, text=True,
