@@ -16,6 +16,7 @@ from .variants import resolve_variant
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
 
 
 def install_interrupt_handlers() -> None:
@@ -42,12 +43,20 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def stdout_closed() -> int:
+def stdout_closed(prog: str = "") -> int:
     """After a BrokenPipeError (output piped into `head` & co): point stdout at /dev/null so the
-    interpreter's final flush stays quiet (Python docs, signal module notes). Returns EXIT_MISMATCH."""
+    interpreter's final flush stays quiet (Python docs, signal module notes), say so in one
+    line on stderr, and return EXIT_STDOUT_CLOSED (141, as a shell reports SIGPIPE), not 1,
+    which means an outcome did not match."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    return EXIT_MISMATCH
+    prefix = f"{prog}: " if prog else ""
+    try:
+        sys.stderr.write(f"{prefix}stopped: the output was closed (piped into head?); "
+                         "every process of this run was stopped\n")
+    except OSError:
+        pass
+    return EXIT_STDOUT_CLOSED
 
 
 def fail(error: ForkSafetyError | str, code: int | None = None, prog: str = "") -> int:
@@ -234,11 +243,18 @@ def sweep_leftovers(chroma_dir: Path, strace_tmp: bool = True) -> None:
 
 
 def make_console():
-    """A rich Console; 140 columns when the output is not a terminal (logs, CI)."""
+    """A rich Console; 140 columns when the output is not a terminal (logs, CI). When its
+    reader goes away (piped into `head`), it raises BrokenPipeError for the CLI to end with
+    ``stdout_closed`` (exit 141 and one line on stderr), instead of rich's default
+    ``Console.on_broken_pipe``, which exits 1 in silence (1 means an outcome did not match)."""
     from rich.console import Console
 
-    console = Console(highlight=False)
-    return console if console.is_terminal else Console(highlight=False, width=140)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError  # every print raises until stdout_closed points stdout at /dev/null
+
+    console = _Console(highlight=False)
+    return console if console.is_terminal else _Console(highlight=False, width=140)
 
 
 class Progress:
@@ -322,5 +338,7 @@ def run_interruptible(prog: str, work, *args) -> int:
     except Interrupted as exc:
         sys.stderr.write(f"{prog}: interrupted by {exc}: every process of this run was stopped\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return stdout_closed(prog)
     except ForkSafetyError as exc:
         return fail(exc, prog=prog)

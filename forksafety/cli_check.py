@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return check_main(args) if args.command == "check" else lab_main(args)
     except BrokenPipeError:  # output piped into `head` & co: stop quietly
-        return stdout_closed()
+        return stdout_closed(PROG)
     except Interrupted as exc:
         sys.stderr.write(f"{PROG}: interrupted by {exc}: every process we started was stopped\n")
         return EXIT_INTERRUPTED

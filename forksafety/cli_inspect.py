@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except ForkSafetyError as exc:
         return fail(exc, prog=PROG)
     except BrokenPipeError:  # output piped into `head` & co: stop quietly
-        return stdout_closed()
+        return stdout_closed(PROG)
     except Interrupted as exc:
         sys.stderr.write(f"{PROG}: interrupted by {exc}: the inspected processes were not touched\n")
         return EXIT_INTERRUPTED

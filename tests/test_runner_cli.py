@@ -91,3 +91,27 @@ def test_help_lists_pools_and_variants():
     for word in ("prefork", "threads", "solo", "gevent", "eventlet", "worker-process-init", "lazy-in-task",
                  "spawn", "forkserver", "--parallel", "--stall"):
         assert word in done.stdout
+
+
+@pytest.mark.parametrize("script", ["celery_examples/run_test.py", "scripts/run_runners.py"])
+def test_output_closed_by_its_reader_is_141_with_one_line_not_a_silent_1(script, tmp_path):
+    """`run_test.py --all | head -1`: the reader goes away. Exit 1 would claim an outcome did
+    not match; the run stops with 141 (as a shell reports SIGPIPE) and says why on stderr."""
+    import os
+    import subprocess
+
+    from tests.conftest import PYTHON, REPO
+
+    args = ["--pool", "threads"] if script.endswith("run_test.py") else ["--runner", "dramatiq"]
+    env = {**os.environ, "CHROMA_DIR": str(tmp_path / "chroma")}
+    proc = subprocess.Popen([PYTHON, script, *args, "--log-dir", str(tmp_path / "logs")], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line
+    try:
+        err = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert code == 141, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "the output was closed" in lines[0] and "Traceback" not in err
