@@ -59,3 +59,14 @@ def test_a_runner_fix_for_a_thread_pool_speaks_of_it_not_of_a_store():
         for fix in fixes:
             assert "open the store" not in fix and "store's module" not in fix, (name, fix)
             assert "examples/" not in fix or "in forksafety's repository" in fix, (name, fix)
+
+
+def test_when_it_cannot_tell_the_runner_it_says_how_to_ask():
+    # a module that imports no runner (a FastAPI app run by gunicorn --preload looks like this)
+    done = check("forksafety/cases/thread_pool.py")
+    assert done.returncode == 1, done.stderr
+    assert "fix (one of):" not in done.stdout
+    assert "check again with --runner NAME (celery, gunicorn, uwsgi, huey, rq, dramatiq, multiprocessing)" \
+        in done.stdout
+    told = check("forksafety/cases/thread_pool.py", "--runner", "gunicorn")
+    assert "--runner NAME" not in told.stdout and "For gunicorn (--runner)" in told.stdout
