@@ -221,6 +221,13 @@ def remove_stale_strace_folders(tmp: Path | None = None) -> list[Path]:
     return remove_stale_temp_folders(tmp, kinds=("strace",))
 
 
+def stale_temp_line(folders: list[Path], runs: str = "killed runs") -> str:
+    """The one line saying which temporary folders (``forksafety-<kind>-<pid>-*``, see
+    watch.TEMP_KINDS) were removed because the run that made them was killed: their paths,
+    so a user sees what went from the temporary folder."""
+    return f"removed {len(folders)} temporary folder(s) left by {runs}: {', '.join(str(f) for f in folders)}"
+
+
 def sweep_leftovers(chroma_dir: Path, strace_tmp: bool = True) -> None:
     """Remove what killed demo runs left (Chroma folders, processes their tools started,
     --strace temporary folders), one line each (the demo and debugger scripts run it first)."""
@@ -238,8 +245,7 @@ def sweep_leftovers(chroma_dir: Path, strace_tmp: bool = True) -> None:
     if strace_tmp:
         tmp = remove_stale_strace_folders()
         if tmp:
-            say(f"removed {len(tmp)} temporary folder(s) left by killed --strace runs: "
-                f"{', '.join(str(f) for f in tmp)}")
+            say(stale_temp_line(tmp, "killed --strace runs"))
 
 
 def make_console():

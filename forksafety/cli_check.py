@@ -193,7 +193,8 @@ def _scenario_name(target: str) -> str:
 def runner_advice(req: CheckRequest, report: Report, runner: str | None = None) -> list[str]:
     """The fix for the runner that forks the target: ``runner`` (--runner) when given,
     else the one it can tell (a Celery app, or the job-queue libraries the target
-    imported, ``Report.frameworks``). [] when it cannot tell."""
+    imported, ``Report.frameworks``). When it cannot tell, one line saying how to
+    ask for it (--runner NAME)."""
     from .guard import RUNNER_FIXES
 
     runner = runner or req.runner
@@ -204,6 +205,9 @@ def runner_advice(req: CheckRequest, report: Report, runner: str | None = None) 
     else:
         chosen, why = [name for name in report.frameworks if name in RUNNER_FIXES], "imported by the target"
     lines: list[str] = []
+    if not chosen:
+        return ["", f"The fix for the program that forks it (Gunicorn --preload, uWSGI, a job queue, ...): "
+                    f"check again with --runner NAME ({', '.join(RUNNER_FIXES)})"]
     for name in chosen:
         label = f"{name} ({why})"
         if name == "celery" and req.kind == "app":

@@ -26,6 +26,7 @@ from .cli import (
     positive_int,
     print_results,
     run_interruptible,
+    stale_temp_line,
     variant_type,
     write_results,
 )
@@ -118,7 +119,7 @@ def _run(args, scenarios: list[harness.Scenario], settings, console: Console) ->
             console.print(f"removed {len(stale)} Chroma folder(s) left by killed runs under {settings.chroma_dir}")
         stale_tmp = remove_stale_temp_folders()
         if stale_tmp:
-            console.print(f"removed {len(stale_tmp)} temporary folder(s) left by killed runs")
+            console.print(stale_temp_line(stale_tmp), highlight=False, soft_wrap=True)
         broker = resolve_broker(args.broker, settings.redis_url, options.run_id)
         console.print(f"broker: {broker.describe()}")
         shown = {k: v for k, v in settings.redacted().items() if k != "redis_url"}  # the broker line says it

@@ -7,7 +7,8 @@ import time
 
 from . import runners
 from .cli import (EXIT_MISMATCH, EXIT_OK, OnceAction, Parser, Progress, check_log_dir, check_output_file, fail,
-                  int_range, make_console, path_arg, positive_float, print_results, run_interruptible, write_results)
+                  int_range, make_console, path_arg, positive_float, print_results, run_interruptible, stale_temp_line,
+                  write_results)
 from .errors import ForkSafetyError, UsageError
 from .loopback import port_taken
 from .report import results_record, results_table
@@ -82,7 +83,7 @@ def _run(args, chosen, options: runners.RunOptions, console) -> int:
         console.print(f"stopped {len(stale)} process(es) left by a killed run: {stale}")
     stale_tmp = remove_stale_temp_folders()
     if stale_tmp:
-        console.print(f"removed {len(stale_tmp)} temporary folder(s) left by killed runs")
+        console.print(stale_temp_line(stale_tmp), highlight=False, soft_wrap=True)
     parallel = 1 if args.port is not None else args.parallel
     console.print(f"{len(chosen)} scenario(s), {min(parallel, len(chosen))} at a time, deadline {args.timeout:g} s")
     started = time.monotonic()

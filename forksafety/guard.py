@@ -190,39 +190,43 @@ CELERY_FIXES = [
 
 # The fix per runner, for ``forksafety check --runner NAME`` (and the runner the check
 # sees imported). "measured" fixes are scenarios of scripts/run_runners.py (docs/RUNNERS.md);
-# the others are the runner's documented alternative, not run here.
+# the others are the runner's documented alternative, not run here. "it" is whatever the
+# check found (a store, a client, a thread pool): the fixes say where to create it, not what
+# it is; example files are named with "in forksafety's repository" (an installed tool has none).
 RUNNER_FIXES: dict[str, list[str]] = {
     "celery": CELERY_FIXES,
     "gunicorn": [
         "drop --preload: each worker then imports the app after the fork (measured: gunicorn/no-preload)",
-        "or keep --preload and open the store in a post_fork(server, worker) hook of the Gunicorn config "
-        "(measured: gunicorn/post-fork, runner_examples/gunicorn_post_fork.conf.py)",
+        "or keep --preload and create it in a post_fork(server, worker) hook of the Gunicorn config "
+        "(measured: gunicorn/post-fork; an example: runner_examples/gunicorn_post_fork.conf.py in forksafety's "
+        "repository)",
     ],
     "uwsgi": [
         "add --lazy-apps (lazy-apps = true): each worker loads the app after the fork (measured: uwsgi/lazy-apps)",
-        "or open the store in a function decorated with uwsgidecorators.postfork (uWSGI's hook; not run here)",
+        "or create it in a function decorated with uwsgidecorators.postfork (uWSGI's hook; not run here)",
     ],
     "huey": [
-        "open the store in an @huey.on_startup() hook: the consumer runs it in each worker as it starts, after "
-        "the fork (measured: huey/on-startup, runner_examples/huey_tasks_startup.py)",
+        "create it in an @huey.on_startup() hook: the consumer runs the hook in each worker as it starts, after "
+        "the fork (measured: huey/on-startup; an example: runner_examples/huey_tasks_startup.py in forksafety's "
+        "repository)",
         "or run thread workers, which do not fork: huey_consumer -k thread (not run here)",
     ],
     "rq": [
-        "use the default `rq worker` and keep the store's module out of the worker script: the work horse "
+        "use the default `rq worker` and keep this module out of the worker script: the work horse "
         "imports it after the fork (measured: rq/default)",
         "or, with a preloading worker script, use SpawnWorker (posix_spawn, measured: rq/preload-spawn) or "
         "SimpleWorker (no fork, measured: rq/preload-simple)",
     ],
     "dramatiq": [
-        "dramatiq imports your actor modules in each worker process after it starts, so a module-level store "
-        "is safe there (measured: dramatiq/default); do not open it in code that runs before the workers "
-        "start (the main process, --fork-function)",
+        "dramatiq imports your actor modules in each worker process after it starts, so what a module "
+        "creates at import is created there (measured with a store: dramatiq/default); do not create it in "
+        "code that runs before the workers start (the main process, --fork-function)",
     ],
     "multiprocessing": [
         "use the spawn or forkserver context: multiprocessing.get_context(\"spawn\").Pool(...), or "
         "ProcessPoolExecutor(mp_context=get_context(\"spawn\")) (measured: multiprocessing/spawn, /forkserver; "
         "forkserver is Linux's default from Python 3.14, not run here)",
-        "or open the store only in the workers, from the pool's initializer= (not run here)",
+        "or create it only in the workers, from the pool's initializer= (not run here)",
     ],
 }
 

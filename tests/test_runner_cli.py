@@ -115,3 +115,17 @@ def test_output_closed_by_its_reader_is_141_with_one_line_not_a_silent_1(script,
     assert code == 141, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "the output was closed" in lines[0] and "Traceback" not in err
+
+
+def test_a_temporary_folder_left_by_a_killed_run_is_removed_and_named(tmp_path):
+    from tests.demo_helpers import dead_pid
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    stale = tmp / f"forksafety-run-{dead_pid()}-solo-x1"
+    stale.mkdir()
+    done = run_cli(["--pool", "solo", "--broker", "filesystem", "--log-dir", str(tmp_path / "logs")],
+                   env={"TMPDIR": str(tmp), "CHROMA_DIR": str(tmp_path / "chroma")}, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"removed 1 temporary folder(s) left by killed runs: {stale}" in done.stdout
+    assert not stale.exists()

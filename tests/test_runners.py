@@ -209,3 +209,20 @@ def test_list_names_every_scenario():
     assert done.returncode == 0
     for scenario, _ in CATALOG:
         assert scenario.variant in done.stdout
+
+
+def test_a_temporary_folder_left_by_a_killed_run_is_removed_and_named(tmp_path):
+    # a user reading "removed N temporary folder(s)" sees which ones went from the temporary folder
+    from tests.demo_helpers import dead_pid
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    stale = tmp / f"forksafety-runners-{dead_pid()}-gunicorn_preload-x1"
+    stale.mkdir()
+    other = tmp / "forksafety-runners-notapid-x2"  # not our pattern: left alone
+    other.mkdir()
+    done = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--log-dir", str(tmp_path / "logs")],
+                   env={"TMPDIR": str(tmp)}, script=SCRIPT, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"removed 1 temporary folder(s) left by killed runs: {stale}" in done.stdout
+    assert not stale.exists() and other.is_dir()

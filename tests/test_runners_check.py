@@ -44,3 +44,29 @@ def test_every_runner_has_fixes_and_an_unknown_one_is_exit_2():
     assert set(RUNNER_FIXES) == {"celery", "gunicorn", "uwsgi", "huey", "rq", "dramatiq", "multiprocessing"}
     done = check("runner_examples/wsgi_app.py", "--runner", "nope")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "invalid choice: 'nope'" in done.stderr
+
+
+def test_a_runner_fix_for_a_thread_pool_speaks_of_it_not_of_a_store():
+    # a user's module with a ThreadPoolExecutor at import, run by Huey: the fix says where to
+    # create *it*, and the example file it names is found in forksafety's repository
+    done = check("forksafety/cases/thread_pool.py", "--runner", "huey")
+    assert done.returncode == 1, done.stderr
+    fixes = done.stdout.split("For huey (--runner), fix (one of):", 1)[1]
+    assert "create it in an @huey.on_startup() hook" in fixes
+    assert "store" not in fixes
+    assert "runner_examples/huey_tasks_startup.py in forksafety's repository" in fixes
+    for name, fixes in RUNNER_FIXES.items():
+        for fix in fixes:
+            assert "open the store" not in fix and "store's module" not in fix, (name, fix)
+            assert "examples/" not in fix or "in forksafety's repository" in fix, (name, fix)
+
+
+def test_when_it_cannot_tell_the_runner_it_says_how_to_ask():
+    # a module that imports no runner (a FastAPI app run by gunicorn --preload looks like this)
+    done = check("forksafety/cases/thread_pool.py")
+    assert done.returncode == 1, done.stderr
+    assert "fix (one of):" not in done.stdout
+    assert "check again with --runner NAME (celery, gunicorn, uwsgi, huey, rq, dramatiq, multiprocessing)" \
+        in done.stdout
+    told = check("forksafety/cases/thread_pool.py", "--runner", "gunicorn")
+    assert "--runner NAME" not in told.stdout and "For gunicorn (--runner)" in told.stdout
