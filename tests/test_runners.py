@@ -209,3 +209,23 @@ def test_list_names_every_scenario():
     assert done.returncode == 0
     for scenario, _ in CATALOG:
         assert scenario.variant in done.stdout
+
+
+def test_a_port_another_program_holds_is_never_taken_for_the_server(tmp_path):
+    # --port was free when checked, then another program took it before Gunicorn bound it:
+    # that program accepting connections must not pass for the server being ready (the request
+    # would go to it and the deadline would call it a HANG, "matching" the bug variant)
+    from forksafety.outcome import Outcome
+    from forksafety.runners import RunOptions
+    from forksafety.runners.model import ScenarioRun
+
+    scenario, factory = next((s, f) for s, f in CATALOG if s.name == "gunicorn_preload")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        run = ScenarioRun(scenario, factory(), RunOptions(timeout=3, port=port, log_dir=tmp_path, capture=False))
+        verdict = run.run()
+    assert verdict.outcome is Outcome.ERROR, verdict.detail
+    assert "gunicorn exited with code 1 before it was ready" in verdict.detail
+    assert "Connection in use" in verdict.detail

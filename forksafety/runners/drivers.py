@@ -9,9 +9,8 @@ import signal
 import sys
 import threading
 
-from ..loopback import port_accepts
 from ..outcome import Outcome
-from .model import Context, Driver, Proc, is_ours, judge_result
+from .model import Context, Driver, Proc, is_ours, judge_result, serving
 from .work import DEFAULT_TEXTS
 
 PY = sys.executable
@@ -95,7 +94,7 @@ class Gunicorn(HttpServerDriver):
                 "--graceful-timeout", "1", "--log-level", "info"]
         argv += ["--preload"] if self.preload else []
         argv += ["--config", self.config] if self.config else []
-        return [Proc("gunicorn", argv + [self.app], ready=lambda: port_accepts(ctx.port))]
+        return [Proc("gunicorn", argv + [self.app], ready=lambda: serving(ctx))]
 
 
 class UWSGI(HttpServerDriver):
@@ -116,7 +115,7 @@ class UWSGI(HttpServerDriver):
                 "--module", "runner_examples.wsgi_app:application"]
         argv += ["--lazy-apps"] if self.lazy else []
         # SIGINT: uWSGI's immediate shutdown (SIGTERM is "brutal reload" without --die-on-term)
-        return [Proc("uwsgi", argv, ready=lambda: port_accepts(ctx.port), stop_signal=signal.SIGINT)]
+        return [Proc("uwsgi", argv, ready=lambda: serving(ctx), stop_signal=signal.SIGINT)]
 
 
 class Multiprocessing(Driver):
@@ -253,7 +252,7 @@ class FastAPIReplay(Driver):
                       env=env, stop_signal=signal.SIGQUIT, ready_line=" ready.")
         server = Proc("uvicorn", [ctx.program("uvicorn"), "runner_examples.fastapi_app:app", "--host", "127.0.0.1",
                                   "--port", str(ctx.port), "--log-level", "info"],
-                      env=env, ready=lambda: port_accepts(ctx.port))
+                      env=env, ready=lambda: serving(ctx, "uvicorn"))
         return [worker, server]
 
     def send(self, ctx: Context) -> None:
