@@ -183,6 +183,30 @@ def check_log_dir(path: Path, create: bool = True, option: str = "--log-dir") ->
         check_writable(path, what=option, fix=f"pass {option} a folder you can write to")
 
 
+def hold_log_dir(path: Path, prog: str, option: str = "--log-dir") -> int:
+    """Take log folder ``path`` for this run, until this process exits: an exclusive
+    flock(2) on ``path/.<prog>.lock`` holding our pid (the kernel drops it when the
+    process ends, SIGKILL included). Two runs at once writing the same fixed log names
+    would overwrite each other's logs (and read each other's lines). Call after
+    ``check_log_dir``. Returns the lock's file descriptor (keep it open). Raises
+    UsageError (exit 2) when another run holds the folder."""
+    import fcntl
+
+    fd = os.open(path / f".{Path(prog).stem}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UsageError(f"another {prog} run (pid {holder}) is writing its logs to {path}",
+                         f"wait for it to end, or pass another {option}") from None
+    except OSError:  # a file system without flock(2) (some network mounts): run unguarded
+        return fd
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
 def say(text: str) -> None:
     """Print one progress line now (output is read live by users and tests)."""
     print(text, flush=True)

@@ -7,7 +7,8 @@ import time
 
 from . import runners
 from .cli import (EXIT_MISMATCH, EXIT_OK, OnceAction, Parser, Progress, check_log_dir, check_output_file, fail,
-                  int_range, make_console, path_arg, positive_float, print_results, run_interruptible, write_results)
+                  hold_log_dir, int_range, make_console, path_arg, positive_float, print_results, run_interruptible,
+                  write_results)
 from .errors import ForkSafetyError, UsageError
 from .loopback import port_taken
 from .report import results_record, results_table
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"port {args.port} on 127.0.0.1 is already taken",
                              "pass another --port, or leave --port out to use a free one")
         check_log_dir(args.log_dir)
+        hold_log_dir(args.log_dir, PROG)  # released when this process ends
         if args.json:
             check_output_file(args.json)
     except ForkSafetyError as exc:

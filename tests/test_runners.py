@@ -229,3 +229,27 @@ def test_a_port_another_program_holds_is_never_taken_for_the_server(tmp_path):
     assert verdict.outcome is Outcome.ERROR, verdict.detail
     assert "gunicorn exited with code 1 before it was ready" in verdict.detail
     assert "Connection in use" in verdict.detail
+
+
+def test_a_second_run_into_the_same_log_folder_is_one_line_exit_2(tmp_path):
+    # both runs would write the same runner_<scenario>_<process>.log files: each would overwrite
+    # the other's logs and could take the other's "ready" line for its own
+    first = start_runner(["--runner", "multiprocessing", "--variant", "pool-fork", "--timeout", "60",
+                          "--stall", "30"], tmp_path)
+    try:
+        wait_for_line(first, "running in pid", 60)
+        second = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--log-dir", str(tmp_path)],
+                         script=SCRIPT, timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.count("\n") == 1 and f"(pid {first.pid}) is writing its logs to" in second.stderr
+        assert "another --log-dir" in second.stderr and second.stdout == ""
+        first.send_signal(2)
+        _out, err = first.communicate(timeout=30)
+    finally:
+        first.kill()
+    assert first.returncode == 130, err
+    assert left_behind(first.pid) == []
+    # the folder is free again once the first run ended
+    again = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--log-dir", str(tmp_path)],
+                    script=SCRIPT, timeout=90)
+    assert again.returncode == 0, again.stdout + again.stderr
