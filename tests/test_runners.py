@@ -253,3 +253,18 @@ def test_a_second_run_into_the_same_log_folder_is_one_line_exit_2(tmp_path):
     again = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--log-dir", str(tmp_path)],
                     script=SCRIPT, timeout=90)
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("args, said, fix", [
+    # --fixed leaves the bug out: the variant is known, --fixed excluded it
+    (["--runner", "gunicorn", "--fixed", "--variant", "preload"], "--variant preload is the bug variant of gunicorn",
+     "drop --fixed to run it"),
+    # a variant of another runner than the one chosen
+    (["--runner", "gunicorn", "--variant", "lazy-apps"], "variant 'lazy-apps' is uwsgi's, not gunicorn's",
+     "add --runner uwsgi"),
+])
+def test_a_variant_left_out_by_the_other_options_says_which_option(args, said, fix):
+    done = run_cli(args, script=SCRIPT, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and said in done.stderr and fix in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
