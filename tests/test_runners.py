@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from forksafety.runners import CATALOG, RUNNERS
-from forksafety.watch import OWNER_ENV, process_gone
+from forksafety.watch import OWNER_ENV, RUN_ID_ENV, process_gone
 from tests.conftest import PYTHON, REPO, processes_with_env, run_cli
 
 SCRIPT = REPO / "scripts" / "run_runners.py"
@@ -268,3 +268,43 @@ def test_a_variant_left_out_by_the_other_options_says_which_option(args, said, f
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and said in done.stderr and fix in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("when, said", [
+    # delay() waits for the broker: no answer within the client's 5 s
+    ("before", ("POST /documents failed: ReadTimeout", "does not answer")),
+    # the status endpoint's result backend read fails: HTTP 500
+    ("after", ("GET /status/", "answered HTTP 500", "does not answer")),
+])
+def test_redis_gone_mid_run_names_the_http_error_and_the_servers_cause(tmp_path, when, said):
+    # the run's Redis dies before the app sends the task (POST fails) or after (the status
+    # endpoint fails): the verdict says which request failed and why (the app's log), not a
+    # JSON decoding error of an error page
+    from forksafety.loopback import start_redis_server
+    from forksafety.outcome import Outcome
+    from forksafety.runners import RunOptions
+    from forksafety.runners.model import ScenarioRun
+
+    scenario, factory = next((s, f) for s, f in CATALOG if s.name == "fastapi_worker-process-init")
+    options = RunOptions(timeout=20, log_dir=tmp_path, capture=False)
+    server = start_redis_server(options.run_id)
+    driver = factory()
+    send = driver.send
+
+    def send_then_lose_redis(ctx):
+        if when == "before":
+            server.process.kill()
+            server.process.wait(timeout=5)
+        send(ctx)
+        if when == "after":
+            server.process.kill()
+
+    driver.send = send_then_lose_redis
+    try:
+        verdict = ScenarioRun(scenario, driver, options).run(server.url)
+    finally:
+        server.stop()
+    assert verdict.outcome is Outcome.ERROR, verdict.detail
+    assert all(text in verdict.detail for text in said), verdict.detail
+    assert "JSONDecodeError" not in verdict.detail
+    assert [p for p in processes_with_env(RUN_ID_ENV, options.run_id) if not process_gone(p)] == []

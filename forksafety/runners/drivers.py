@@ -10,7 +10,7 @@ import sys
 import threading
 
 from ..outcome import Outcome
-from .model import Context, Driver, Proc, is_ours, judge_result, serving
+from .model import Context, Driver, Proc, is_ours, judge_result, log_cause, serving
 from .work import DEFAULT_TEXTS
 
 PY = sys.executable
@@ -259,11 +259,30 @@ class FastAPIReplay(Driver):
         import httpx
 
         ctx.state["client"] = client = httpx.Client(base_url=f"http://127.0.0.1:{ctx.port}", timeout=5)
-        reply = client.post("/documents")
-        reply.raise_for_status()
-        ctx.state["task_id"] = reply.json()["task_id"]
         ctx.state["states"] = []
         ctx.state["checked"] = 0.0
+        reply = self._request(ctx, "POST", "/documents")
+        if reply is not None:
+            ctx.state["task_id"] = reply.json()["task_id"]
+
+    def _request(self, ctx: Context, method: str, path: str):
+        """One request to the app; None when it failed (``ctx.state["failed"]`` then says
+        which request, how, whether the run's Redis answers, and the app's log)."""
+        import httpx
+
+        from ..loopback import redis_ping
+
+        try:
+            reply = ctx.state["client"].request(method, path)
+            if reply.status_code == 200:
+                return reply
+            what = f"{method} {path} answered HTTP {reply.status_code}"
+        except httpx.HTTPError as exc:
+            what = f"{method} {path} failed: {type(exc).__name__}: {exc}"
+        down = redis_ping(ctx.redis_url) if ctx.redis_url else None
+        redis = f"; the Redis at {ctx.redis_url} does not answer ({down})" if down else ""
+        ctx.state["failed"] = f"{what}{redis}; uvicorn log: {log_cause(ctx.proc('uvicorn').log)}"
+        return None
 
     def _status(self, ctx: Context) -> dict | None:
         import time
@@ -272,14 +291,21 @@ class FastAPIReplay(Driver):
         if now - ctx.state["checked"] < 0.1:  # the status endpoint, 10 times a second
             return ctx.state.get("last")
         ctx.state["checked"] = now
-        body = ctx.state["client"].get(f"/status/{ctx.state['task_id']}").json()
+        reply = self._request(ctx, "GET", f"/status/{ctx.state['task_id']}")
+        if reply is None:
+            return None
+        body = reply.json()
         ctx.state["last"] = body
         if not ctx.state["states"] or ctx.state["states"][-1] != body["state"]:
             ctx.state["states"].append(body["state"])
         return body
 
     def poll(self, ctx: Context) -> tuple[Outcome, str] | None:
+        if "failed" in ctx.state:
+            return Outcome.ERROR, ctx.state["failed"]
         body = self._status(ctx)
+        if "failed" in ctx.state:
+            return Outcome.ERROR, ctx.state["failed"]
         if body is None:
             return None
         states = " -> ".join(ctx.state["states"])
