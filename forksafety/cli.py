@@ -151,13 +151,20 @@ def file_above(path: Path) -> Path | None:
 
 def check_output_file(path: Path, option: str = "--json") -> bool:
     """The one validator of output files. Checks, before any work, that ``path`` can
-    take a record: not a folder, not under a file, in a writable folder (created if
+    take a record: not a folder, not a symbolic link, device or FIFO (the record
+    replaces the file by rename), not under a file, in a writable folder (created if
     missing), itself writable when it exists. Returns True when a file is already
     there (it will be replaced: say so). Raises UsageError or SettingsError (exit 2)."""
     from .settings import check_writable
 
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder", f"pass a file path, e.g. {option} {path / 'record.json'}")
+    # the record replaces the file by rename: it would replace the link, not its target, and a
+    # device or FIFO by a plain file (as root, --json /dev/null would replace the machine's /dev/null)
+    if path.is_symlink():
+        raise UsageError(f"{option} {path} is a symbolic link", f"pass the file it points to ({path.resolve()})")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{option} {path} is not a regular file", "pass a file path (the record replaces the file)")
     above = file_above(path)
     if above is not None:
         raise UsageError(f"{option} {path}: {above} is not a folder",

@@ -308,3 +308,26 @@ def test_redis_gone_mid_run_names_the_http_error_and_the_servers_cause(tmp_path,
     assert all(text in verdict.detail for text in said), verdict.detail
     assert "JSONDecodeError" not in verdict.detail
     assert [p for p in processes_with_env(RUN_ID_ENV, options.run_id) if not process_gone(p)] == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_json_onto_something_other_than_a_regular_file_is_one_line_exit_2(tmp_path, kind):
+    # the record is written by rename: it would replace a device (as root: --json /dev/null
+    # replaced the machine's /dev/null with a file), a FIFO, or the link instead of its target
+    target = tmp_path / "record.json"
+    if kind == "fifo":
+        import os
+
+        os.mkfifo(target)
+        said = f"--json {target} is not a regular file"
+    else:
+        real = tmp_path / "real.json"
+        real.write_text("{}")
+        target.symlink_to(real)
+        said = f"--json {target} is a symbolic link"
+    done = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--json", str(target),
+                    "--log-dir", str(tmp_path / "logs")], script=SCRIPT, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+    assert done.stdout == ""
+    assert (target.is_fifo() if kind == "fifo" else target.is_symlink())
