@@ -44,3 +44,11 @@ def test_every_runner_has_fixes_and_an_unknown_one_is_exit_2():
     assert set(RUNNER_FIXES) == {"celery", "gunicorn", "uwsgi", "huey", "rq", "dramatiq", "multiprocessing"}
     done = check("runner_examples/wsgi_app.py", "--runner", "nope")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "invalid choice: 'nope'" in done.stderr
+
+
+def test_two_different_runners_is_one_line_exit_2():
+    # the fixes of one runner only were printed (the last one named), silently
+    done = check("runner_examples/wsgi_app.py", "--runner", "gunicorn", "--runner", "uwsgi")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "--runner given twice (gunicorn and uwsgi): give it once" in done.stderr
+    assert done.stdout == ""
