@@ -331,3 +331,14 @@ def test_json_onto_something_other_than_a_regular_file_is_one_line_exit_2(tmp_pa
     assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
     assert done.stdout == ""
     assert (target.is_fifo() if kind == "fifo" else target.is_symlink())
+
+
+def test_no_redis_server_is_one_line_exit_2_before_any_work(tmp_path):
+    # RQ, Huey, Dramatiq and the FastAPI app need the private redis-server the run starts;
+    # the runner programs themselves are found next to this Python, not on PATH
+    done = run_cli(["--runner", "rq", "--variant", "default", "--log-dir", str(tmp_path)], script=SCRIPT,
+                   env={"PATH": str(tmp_path / "nothing-here")}, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "redis-server is not installed" in done.stderr, done.stderr
+    assert "--broker" not in done.stderr  # an option of the Celery runner, not of this one
+    assert done.stdout == ""  # said before any work

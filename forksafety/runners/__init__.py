@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from ..errors import UsageError
+from ..errors import ToolMissingError, UsageError
 from ..outcome import Expected, Outcome
 from ..watch import sweep_orphans, sweep_run
 from . import drivers
@@ -106,10 +106,22 @@ def _variant_left_out(variant: str, runners: list[str], fixed: bool, known: list
 
 
 def check_programs(chosen: list[tuple[Scenario, Callable[[], Driver]]], options: RunOptions) -> None:
-    """Raise ToolMissingError (exit 2) before any work when a runner program is missing."""
-    for _scenario, factory in chosen:
-        for program in factory().programs:
+    """Raise ToolMissingError (exit 2) before any work when a runner program is missing,
+    or ``redis-server`` (on PATH) when a scenario needs the run's private Redis."""
+    import shutil
+
+    needs_redis = []
+    for scenario, factory in chosen:
+        driver = factory()
+        for program in driver.programs:
             find_program(program, options.bin_dir)
+        if driver.needs_redis and scenario.runner not in needs_redis:
+            needs_redis.append(scenario.runner)
+    if needs_redis and options.redis_url is None and shutil.which("redis-server") is None:
+        raise ToolMissingError(f"redis-server is not installed (not on PATH): the {', '.join(needs_redis)} "
+                               "scenarios start a private one",
+                               "install it (`sudo apt-get install redis-server`; the Dockerfile has it), or leave "
+                               f"out --runner {' / '.join(needs_redis)}")
 
 
 def run_matrix(chosen: list[tuple[Scenario, Callable[[], Driver]]], options: RunOptions, parallel: int = 2,
