@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the runner matrix; return the exit code (0 matched, 1 mismatch, 2 usage/set-up, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     console = make_console()
+    if args.all and args.runner:
+        return fail(UsageError("--all and --runner together: --all runs every runner", "give one of the two"), prog=PROG)
     if args.list:
         for scenario, _ in runners.CATALOG:
             console.print(f"{scenario.runner:<16} {scenario.variant:<20} {scenario.kind:<8} "

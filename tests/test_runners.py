@@ -342,3 +342,11 @@ def test_no_redis_server_is_one_line_exit_2_before_any_work(tmp_path):
     assert done.stderr.count("\n") == 1 and "redis-server is not installed" in done.stderr, done.stderr
     assert "--broker" not in done.stderr  # an option of the Celery runner, not of this one
     assert done.stdout == ""  # said before any work
+
+
+def test_all_with_runner_is_one_line_exit_2():
+    # --all ran every runner, the --runner NAME ignored
+    done = run_cli(["--all", "--runner", "gunicorn"], script=SCRIPT, timeout=60)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+    assert done.stderr.count("\n") == 1 and "--all and --runner" in done.stderr and done.stdout == ""
+
