@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.all and args.runner:
         return fail(UsageError("--all and --runner together: --all runs every runner", "give one of the two"), prog=PROG)
     if args.list:
-        for scenario, _ in runners.CATALOG:
+        try:  # the scenarios the other options select (all of them without --runner)
+            listed = runners.select(args.runner, not args.runner, args.fixed, args.variant)
+        except ForkSafetyError as exc:
+            return fail(exc, prog=PROG)
+        for scenario, _ in listed:
             console.print(f"{scenario.runner:<16} {scenario.variant:<20} {scenario.kind:<8} "
                           f"{str(scenario.expected):<6} {scenario.summary}")
         return EXIT_OK

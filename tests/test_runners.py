@@ -350,3 +350,11 @@ def test_all_with_runner_is_one_line_exit_2():
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr
     assert done.stderr.count("\n") == 1 and "--all and --runner" in done.stderr and done.stdout == ""
 
+
+def test_list_shows_the_selection():
+    done = run_cli(["--list", "--runner", "gunicorn", "--fixed"], script=SCRIPT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    listed = [line.split()[:2] for line in done.stdout.splitlines()]
+    assert listed == [["gunicorn", "no-preload"], ["gunicorn", "post-fork"]]
+    bad = run_cli(["--list", "--runner", "gunicorn", "--variant", "lazy-apps"], script=SCRIPT, timeout=60)
+    assert bad.returncode == 2 and "is uwsgi's, not gunicorn's" in bad.stderr
