@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.bin_dir is not None and not args.bin_dir.is_dir():
             raise UsageError(f"--bin-dir {args.bin_dir} is not a folder", "pass the folder that holds the programs")
         runners.check_programs(chosen, options)
+        if args.port is not None and not any(factory().needs_port for _, factory in chosen):
+            servers = list(dict.fromkeys(s.runner for s, factory in runners.CATALOG if factory().needs_port))
+            raise UsageError(f"--port is for the server runners ({', '.join(servers)}); the runners chosen listen "
+                             "on no port", f"leave --port out, or add --runner {' / '.join(servers)}")
         if args.port is not None and port_taken(args.port):
             raise UsageError(f"port {args.port} on 127.0.0.1 is already taken",
                              "pass another --port, or leave --port out to use a free one")

@@ -18,7 +18,7 @@ import pytest
 
 from forksafety.runners import CATALOG, RUNNERS
 from forksafety.watch import OWNER_ENV, RUN_ID_ENV, process_gone
-from tests.conftest import PYTHON, REPO, processes_with_env, run_cli
+from tests.conftest import PYTHON, REPO, free_port, processes_with_env, run_cli
 
 SCRIPT = REPO / "scripts" / "run_runners.py"
 pytestmark = pytest.mark.e2e
@@ -358,3 +358,12 @@ def test_list_shows_the_selection():
     assert listed == [["gunicorn", "no-preload"], ["gunicorn", "post-fork"]]
     bad = run_cli(["--list", "--runner", "gunicorn", "--variant", "lazy-apps"], script=SCRIPT, timeout=60)
     assert bad.returncode == 2 and "is uwsgi's, not gunicorn's" in bad.stderr
+
+
+def test_port_for_runners_without_a_server_is_one_line_exit_2(tmp_path):
+    # --port went unused (and a taken one was refused with "already taken") for runners that listen on nothing
+    done = run_cli(["--runner", "rq", "--runner", "huey", "--port", str(free_port()), "--log-dir",
+                    str(tmp_path)], script=SCRIPT, timeout=60)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+    assert done.stderr.count("\n") == 1 and "--port is for the server runners" in done.stderr, done.stderr
+    assert done.stdout == ""
