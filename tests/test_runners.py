@@ -280,18 +280,9 @@ def test_redis_gone_mid_run_names_the_http_error_and_the_servers_cause(tmp_path,
     # the run's Redis dies before the app sends the task (POST fails) or after (the status
     # endpoint fails): the verdict says which request failed and why (the app's log), not a
     # JSON decoding error of an error page
-    from forksafety.loopback import start_redis_server
     from forksafety.outcome import Outcome
-    from forksafety.runners import RunOptions
-    from forksafety.runners.model import ScenarioRun
 
-    scenario, factory = next((s, f) for s, f in CATALOG if s.name == "fastapi_worker-process-init")
-    options = RunOptions(timeout=20, log_dir=tmp_path, capture=False)
-    server = start_redis_server(options.run_id)
-    driver = factory()
-    send = driver.send
-
-    def send_then_lose_redis(ctx):
+    def lose_redis(server, send, ctx):
         if when == "before":
             server.process.kill()
             server.process.wait(timeout=5)
@@ -299,15 +290,35 @@ def test_redis_gone_mid_run_names_the_http_error_and_the_servers_cause(tmp_path,
         if when == "after":
             server.process.kill()
 
-    driver.send = send_then_lose_redis
-    try:
-        verdict = ScenarioRun(scenario, driver, options).run(server.url)
-    finally:
-        server.stop()
+    verdict, options = run_with_redis_trouble("fastapi_worker-process-init", lose_redis, tmp_path, timeout=20)
     assert verdict.outcome is Outcome.ERROR, verdict.detail
     assert all(text in verdict.detail for text in said), verdict.detail
     assert "JSONDecodeError" not in verdict.detail
     assert [p for p in processes_with_env(RUN_ID_ENV, options.run_id) if not process_gone(p)] == []
+
+
+def run_with_redis_trouble(name: str, trouble, tmp_path: Path, timeout: float):
+    """Run scenario ``name`` on a private redis-server; ``trouble(server, send, ctx)`` replaces
+    the driver's send (it calls ``send(ctx)`` and does something to the server around it).
+    Returns (verdict, options). The server is stopped afterwards (resumed first if frozen)."""
+    import signal as signals
+
+    from forksafety.loopback import start_redis_server
+    from forksafety.runners import RunOptions
+    from forksafety.runners.model import ScenarioRun
+
+    scenario, factory = next((s, f) for s, f in CATALOG if s.name == name)
+    options = RunOptions(timeout=timeout, log_dir=tmp_path, capture=False)
+    server = start_redis_server(options.run_id)
+    driver = factory()
+    send = driver.send
+    driver.send = lambda ctx: trouble(server, send, ctx)
+    try:
+        return ScenarioRun(scenario, driver, options).run(server.url), options
+    finally:
+        if server.process.poll() is None:
+            server.process.send_signal(signals.SIGCONT)
+        server.stop()
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink"])
@@ -367,3 +378,20 @@ def test_port_for_runners_without_a_server_is_one_line_exit_2(tmp_path):
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr
     assert done.stderr.count("\n") == 1 and "--port is for the server runners" in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def test_a_hang_before_the_work_reached_a_worker_is_not_the_bug_reproduced(tmp_path):
+    # the broker stops answering (a frozen Redis): the producer blocks, no worker ever gets
+    # the job, the deadline ends it; that HANG matched huey/process's expected HANG, exit 0
+    import signal as signals
+
+    from forksafety.outcome import Outcome
+
+    def freeze_redis(server, send, ctx):
+        server.process.send_signal(signals.SIGSTOP)
+        send(ctx)
+
+    verdict, _options = run_with_redis_trouble("huey_process", freeze_redis, tmp_path, timeout=3)
+    assert verdict.outcome is Outcome.HANG and verdict.worker_pid is None, verdict
+    assert "never reached a worker" in verdict.detail
+    assert not verdict.matched and verdict.to_dict()["matched"] is False

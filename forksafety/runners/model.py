@@ -104,6 +104,13 @@ class RunnerVerdict(Record):
     SECONDS_DIGITS = 2
 
     @property
+    def matched(self) -> bool:
+        """True when the outcome is the expected one. A HANG matches only once the work
+        reached a worker (``worker_pid``): a hang before that (a broker that stopped
+        answering, a request no server got) is not the fork bug reproduced."""
+        return super().matched and not (self.outcome is Outcome.HANG and self.worker_pid is None)
+
+    @property
     def scenario(self) -> str:
         """``runner/variant``."""
         return f"{self.runner}/{self.variant}"
