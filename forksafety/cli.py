@@ -18,20 +18,26 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
+# Ctrl-C, kill's default, and the terminal closing (or the ssh session dropping)
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def install_interrupt_handlers() -> None:
-    """Turn the first SIGINT or SIGTERM into ``Interrupted`` in the main thread.
+    """Turn the first SIGINT, SIGTERM or SIGHUP into ``Interrupted`` in the main thread.
 
     Later ones are ignored, so a second Ctrl-C cannot cut the clean-up short
-    (every wait in the clean-up is bounded).
+    (every wait in the clean-up is bounded). A signal ignored when we started stays
+    ignored (``nohup`` ignores SIGHUP so the run outlives its terminal).
     """
 
     def handler(signum, _frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for s in INTERRUPT_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    for s in INTERRUPT_SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, handler)
 
 
 class Parser(argparse.ArgumentParser):
@@ -225,11 +231,11 @@ def written(path: Path, replaced: bool) -> None:
 
 
 def quiet_signals():
-    """Ignore SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot cut the cleanup
-    short (main thread only: signal.signal's rule). Returns the function that restores them."""
+    """Ignore SIGINT/SIGTERM/SIGHUP while cleaning up, so a second Ctrl-C cannot cut the
+    cleanup short (main thread only: signal.signal's rule). Returns the function that restores them."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in INTERRUPT_SIGNALS}
     for s in old:
         signal.signal(s, signal.SIG_IGN)
     return lambda: [signal.signal(s, h) for s, h in old.items()]

@@ -139,19 +139,22 @@ def test_ctrl_c_while_the_servers_start_stops_every_process(tmp_path):
     assert left_behind(proc.pid) == []
 
 
-def test_ctrl_c_while_a_worker_hangs_stops_every_process(tmp_path):
+# SIGINT as Ctrl-C; SIGHUP as the terminal closing or the ssh session dropping (it ended the
+# runner at once, leaving the stuck worker until a later run swept it)
+@pytest.mark.parametrize("signum, name", [(2, "SIGINT"), (1, "SIGHUP")])
+def test_ctrl_c_while_a_worker_hangs_stops_every_process(tmp_path, signum, name):
     proc = start_runner(["--runner", "gunicorn", "--variant", "preload", "--timeout", "60", "--stall", "30"],
                         tmp_path)
     try:
         # the request reached the worker, which is now stuck (the stall rule waits 30 s)
         wait_for_line(proc, "running in pid", 60)
         assert left_behind(proc.pid), "the gunicorn master and worker run"
-        proc.send_signal(2)  # SIGINT, as Ctrl-C
+        proc.send_signal(signum)
         _out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert "interrupted by SIGINT" in err
+    assert err.count("\n") == 1 and f"interrupted by {name}" in err
     assert left_behind(proc.pid) == []
 
 
@@ -395,3 +398,21 @@ def test_a_hang_before_the_work_reached_a_worker_is_not_the_bug_reproduced(tmp_p
     assert verdict.outcome is Outcome.HANG and verdict.worker_pid is None, verdict
     assert "never reached a worker" in verdict.detail
     assert not verdict.matched and verdict.to_dict()["matched"] is False
+
+
+def test_under_nohup_sighup_is_still_ignored(tmp_path):
+    # both fastapi scenarios: several seconds of run after the first one starts
+    proc = subprocess.Popen(["nohup", PYTHON, str(SCRIPT), "--runner", "fastapi", "--parallel", "1",
+                             "--log-dir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for_line(proc, "starting", 60)
+        proc.send_signal(1)  # SIGHUP: nohup asked for it to be ignored
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.communicate(timeout=10)
+        proc.send_signal(2)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted by SIGINT" in err, err
+    assert left_behind(proc.pid) == []
