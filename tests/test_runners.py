@@ -416,3 +416,22 @@ def test_under_nohup_sighup_is_still_ignored(tmp_path):
         proc.kill()
     assert proc.returncode == 130 and "interrupted by SIGINT" in err, err
     assert left_behind(proc.pid) == []
+
+
+def test_the_same_port_again_right_after_a_run_is_not_taken(tmp_path):
+    # a server that closed its connections leaves them in TIME_WAIT on its port for a minute;
+    # the servers bind with SO_REUSEADDR, so the port is free for them, but the check said
+    # "already taken" to a user re-running with the same --port
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server side closes first: TIME_WAIT on 127.0.0.1:port
+            client.recv(1)
+    done = run_cli(["--runner", "gunicorn", "--variant", "no-preload", "--port", str(port), "--log-dir",
+                    str(tmp_path)], script=SCRIPT, timeout=90)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert "1/1 matched" in done.stdout
