@@ -12,7 +12,7 @@ from .cli import (EXIT_MISMATCH, EXIT_OK, OnceAction, Parser, Progress, check_lo
 from .errors import ForkSafetyError, UsageError
 from .loopback import port_taken
 from .report import results_record, results_table
-from .settings import REPO_ROOT
+from .settings import REPO_ROOT, load_settings
 from .watch import remove_stale_temp_folders
 
 PROG = "run_runners.py"
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = runners.select(args.runner, args.all, args.fixed, args.variant)
         if args.bin_dir is not None and not args.bin_dir.is_dir():
             raise UsageError(f"--bin-dir {args.bin_dir} is not a folder", "pass the folder that holds the programs")
+        load_settings()  # what every example loads (.env, environment): a bad one is one line here
         runners.check_programs(chosen, options)
         if args.port is not None and not any(factory().needs_port for _, factory in chosen):
             servers = list(dict.fromkeys(s.runner for s, factory in runners.CATALOG if factory().needs_port))

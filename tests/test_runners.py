@@ -435,3 +435,15 @@ def test_the_same_port_again_right_after_a_run_is_not_taken(tmp_path):
                     str(tmp_path)], script=SCRIPT, timeout=90)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     assert "1/1 matched" in done.stdout
+
+
+@pytest.mark.parametrize("env, said", [({"PROVIDER": "cohere"}, "unknown PROVIDER 'cohere'"),
+                                       ({"COLLECTION_NAME": "x"}, "not a valid Chroma collection name")])
+def test_bad_settings_are_one_line_exit_2_before_any_work(tmp_path, env, said):
+    # every example loads the settings (.env, environment): each scenario was an ERROR whose
+    # detail showed a line of the traceback ("raise SettingsError(")
+    done = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--log-dir", str(tmp_path)], script=SCRIPT,
+                   env=env, timeout=60)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+    assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+    assert done.stdout == ""
