@@ -19,20 +19,26 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
 
 
+# Ctrl-C, kill's default, and the terminal closing (or the ssh session dropping)
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def install_interrupt_handlers() -> None:
-    """Turn the first SIGINT or SIGTERM into ``Interrupted`` in the main thread.
+    """Turn the first SIGINT, SIGTERM or SIGHUP into ``Interrupted`` in the main thread.
 
     Later ones are ignored, so a second Ctrl-C cannot cut the clean-up short
-    (every wait in the clean-up is bounded).
+    (every wait in the clean-up is bounded). A signal ignored when we started stays
+    ignored (``nohup`` ignores SIGHUP so the run outlives its terminal).
     """
 
     def handler(signum, _frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for s in INTERRUPT_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    for s in INTERRUPT_SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, handler)
 
 
 class Parser(argparse.ArgumentParser):
@@ -160,13 +166,20 @@ def file_above(path: Path) -> Path | None:
 
 def check_output_file(path: Path, option: str = "--json") -> bool:
     """The one validator of output files. Checks, before any work, that ``path`` can
-    take a record: not a folder, not under a file, in a writable folder (created if
+    take a record: not a folder, not a symbolic link, device or FIFO (the record
+    replaces the file by rename), not under a file, in a writable folder (created if
     missing), itself writable when it exists. Returns True when a file is already
     there (it will be replaced: say so). Raises UsageError or SettingsError (exit 2)."""
     from .settings import check_writable
 
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder", f"pass a file path, e.g. {option} {path / 'record.json'}")
+    # the record replaces the file by rename: it would replace the link, not its target, and a
+    # device or FIFO by a plain file (as root, --json /dev/null would replace the machine's /dev/null)
+    if path.is_symlink():
+        raise UsageError(f"{option} {path} is a symbolic link", f"pass the file it points to ({path.resolve()})")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{option} {path} is not a regular file", "pass a file path (the record replaces the file)")
     above = file_above(path)
     if above is not None:
         raise UsageError(f"{option} {path}: {above} is not a folder",
@@ -192,6 +205,30 @@ def check_log_dir(path: Path, create: bool = True, option: str = "--log-dir") ->
         check_writable(path, what=option, fix=f"pass {option} a folder you can write to")
 
 
+def hold_log_dir(path: Path, prog: str, option: str = "--log-dir") -> int:
+    """Take log folder ``path`` for this run, until this process exits: an exclusive
+    flock(2) on ``path/.<prog>.lock`` holding our pid (the kernel drops it when the
+    process ends, SIGKILL included). Two runs at once writing the same fixed log names
+    would overwrite each other's logs (and read each other's lines). Call after
+    ``check_log_dir``. Returns the lock's file descriptor (keep it open). Raises
+    UsageError (exit 2) when another run holds the folder."""
+    import fcntl
+
+    fd = os.open(path / f".{Path(prog).stem}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UsageError(f"another {prog} run (pid {holder}) is writing its logs to {path}",
+                         f"wait for it to end, or pass another {option}") from None
+    except OSError:  # a file system without flock(2) (some network mounts): run unguarded
+        return fd
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
 def say(text: str) -> None:
     """Print one progress line now (output is read live by users and tests)."""
     print(text, flush=True)
@@ -203,11 +240,11 @@ def written(path: Path, replaced: bool) -> None:
 
 
 def quiet_signals():
-    """Ignore SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot cut the cleanup
-    short (main thread only: signal.signal's rule). Returns the function that restores them."""
+    """Ignore SIGINT/SIGTERM/SIGHUP while cleaning up, so a second Ctrl-C cannot cut the
+    cleanup short (main thread only: signal.signal's rule). Returns the function that restores them."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in INTERRUPT_SIGNALS}
     for s in old:
         signal.signal(s, signal.SIG_IGN)
     return lambda: [signal.signal(s, h) for s, h in old.items()]

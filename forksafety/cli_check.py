@@ -26,7 +26,7 @@ from pathlib import Path
 from .check import (PROBE_CAPTURE, CheckRequest, CheckRun, Report, format_report, module_file,
                     run_check)
 from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, Interrupted, Parser, check_log_dir,
-                  check_output_file, fail, file_above, install_interrupt_handlers, path_arg, positive_float,
+                  OnceAction, check_output_file, fail, file_above, install_interrupt_handlers, path_arg, positive_float,
                   positive_int, stdout_closed)
 from .errors import ForkSafetyError, UsageError
 from .outcome import outcome_text
@@ -59,7 +59,7 @@ def build_parser() -> Parser:
     from .guard import RUNNER_FIXES
 
     runners = ", ".join(RUNNER_FIXES)
-    c.add_argument("--runner", choices=list(RUNNER_FIXES), metavar="NAME",
+    c.add_argument("--runner", choices=list(RUNNER_FIXES), metavar="NAME", action=OnceAction,
                    help=f"the runner that will fork this code, for its fix: {runners} "
                         "(default: the one the check can tell: a Celery app, or the library the target imports)")
     c.add_argument("--json", type=path_arg, metavar="PATH", help="write the full record to PATH")

@@ -7,12 +7,13 @@ import time
 
 from . import runners
 from .cli import (EXIT_MISMATCH, EXIT_OK, OnceAction, Parser, Progress, check_log_dir, check_output_file, fail,
-                  int_range, make_console, path_arg, positive_float, print_results, run_interruptible, stale_temp_line,
+                  hold_log_dir, int_range, make_console, path_arg, positive_float, print_results, run_interruptible,
+                  stale_temp_line,
                   write_results)
 from .errors import ForkSafetyError, UsageError
 from .loopback import port_taken
 from .report import results_record, results_table
-from .settings import REPO_ROOT
+from .settings import REPO_ROOT, load_settings
 from .watch import remove_stale_temp_folders
 
 PROG = "run_runners.py"
@@ -52,8 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the runner matrix; return the exit code (0 matched, 1 mismatch, 2 usage/set-up, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     console = make_console()
+    if args.all and args.runner:
+        return fail(UsageError("--all and --runner together: --all runs every runner", "give one of the two"), prog=PROG)
     if args.list:
-        for scenario, _ in runners.CATALOG:
+        try:  # the scenarios the other options select (all of them without --runner)
+            listed = runners.select(args.runner, not args.runner, args.fixed, args.variant)
+        except ForkSafetyError as exc:
+            return fail(exc, prog=PROG)
+        for scenario, _ in listed:
             console.print(f"{scenario.runner:<16} {scenario.variant:<20} {scenario.kind:<8} "
                           f"{str(scenario.expected):<6} {scenario.summary}")
         return EXIT_OK
@@ -65,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         chosen = runners.select(args.runner, args.all, args.fixed, args.variant)
         if args.bin_dir is not None and not args.bin_dir.is_dir():
             raise UsageError(f"--bin-dir {args.bin_dir} is not a folder", "pass the folder that holds the programs")
+        load_settings()  # what every example loads (.env, environment): a bad one is one line here
         runners.check_programs(chosen, options)
+        if args.port is not None and not any(factory().needs_port for _, factory in chosen):
+            servers = list(dict.fromkeys(s.runner for s, factory in runners.CATALOG if factory().needs_port))
+            raise UsageError(f"--port is for the server runners ({', '.join(servers)}); the runners chosen listen "
+                             "on no port", f"leave --port out, or add --runner {' / '.join(servers)}")
         if args.port is not None and port_taken(args.port):
             raise UsageError(f"port {args.port} on 127.0.0.1 is already taken",
                              "pass another --port, or leave --port out to use a free one")
         check_log_dir(args.log_dir)
+        hold_log_dir(args.log_dir, PROG)  # released when this process ends
         if args.json:
             check_output_file(args.json)
     except ForkSafetyError as exc:

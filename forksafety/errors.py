@@ -62,7 +62,7 @@ class ForkSafetyWarning(RuntimeWarning):
 
 
 class Interrupted(BaseException):
-    """Raised in the main thread on SIGINT or SIGTERM so every ``finally`` runs
+    """Raised in the main thread on SIGINT, SIGTERM or SIGHUP so every ``finally`` runs
     (``forksafety.cli.install_interrupt_handlers``). Not an Exception: ``except
     Exception`` must not swallow it."""
 

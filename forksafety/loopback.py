@@ -29,8 +29,11 @@ def free_port() -> int:
 
 
 def port_taken(port: int) -> bool:
-    """True when binding 127.0.0.1:``port`` fails (another process holds it)."""
+    """True when binding 127.0.0.1:``port`` fails (another process holds it). Binds as the
+    servers do, with SO_REUSEADDR: connections of an earlier server left in TIME_WAIT on
+    the port (for a minute after it closed them) do not count."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from forksafety.runners import CATALOG, RUNNERS
-from forksafety.watch import OWNER_ENV, process_gone
-from tests.conftest import PYTHON, REPO, processes_with_env, run_cli
+from forksafety.watch import OWNER_ENV, RUN_ID_ENV, process_gone
+from tests.conftest import PYTHON, REPO, free_port, processes_with_env, run_cli
 
 SCRIPT = REPO / "scripts" / "run_runners.py"
 pytestmark = pytest.mark.e2e
@@ -139,19 +139,22 @@ def test_ctrl_c_while_the_servers_start_stops_every_process(tmp_path):
     assert left_behind(proc.pid) == []
 
 
-def test_ctrl_c_while_a_worker_hangs_stops_every_process(tmp_path):
+# SIGINT as Ctrl-C; SIGHUP as the terminal closing or the ssh session dropping (it ended the
+# runner at once, leaving the stuck worker until a later run swept it)
+@pytest.mark.parametrize("signum, name", [(2, "SIGINT"), (1, "SIGHUP")])
+def test_ctrl_c_while_a_worker_hangs_stops_every_process(tmp_path, signum, name):
     proc = start_runner(["--runner", "gunicorn", "--variant", "preload", "--timeout", "60", "--stall", "30"],
                         tmp_path)
     try:
         # the request reached the worker, which is now stuck (the stall rule waits 30 s)
         wait_for_line(proc, "running in pid", 60)
         assert left_behind(proc.pid), "the gunicorn master and worker run"
-        proc.send_signal(2)  # SIGINT, as Ctrl-C
+        proc.send_signal(signum)
         _out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert "interrupted by SIGINT" in err
+    assert err.count("\n") == 1 and f"interrupted by {name}" in err
     assert left_behind(proc.pid) == []
 
 
@@ -226,3 +229,238 @@ def test_a_temporary_folder_left_by_a_killed_run_is_removed_and_named(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"removed 1 temporary folder(s) left by killed runs: {stale}" in done.stdout
     assert not stale.exists() and other.is_dir()
+
+
+def test_a_port_another_program_holds_is_never_taken_for_the_server(tmp_path):
+    # --port was free when checked, then another program took it before Gunicorn bound it:
+    # that program accepting connections must not pass for the server being ready (the request
+    # would go to it and the deadline would call it a HANG, "matching" the bug variant)
+    from forksafety.outcome import Outcome
+    from forksafety.runners import RunOptions
+    from forksafety.runners.model import ScenarioRun
+
+    scenario, factory = next((s, f) for s, f in CATALOG if s.name == "gunicorn_preload")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        run = ScenarioRun(scenario, factory(), RunOptions(timeout=3, port=port, log_dir=tmp_path, capture=False))
+        verdict = run.run()
+    assert verdict.outcome is Outcome.ERROR, verdict.detail
+    assert "gunicorn exited with code 1 before it was ready" in verdict.detail
+    assert "Connection in use" in verdict.detail
+
+
+def test_a_second_run_into_the_same_log_folder_is_one_line_exit_2(tmp_path):
+    # both runs would write the same runner_<scenario>_<process>.log files: each would overwrite
+    # the other's logs and could take the other's "ready" line for its own
+    first = start_runner(["--runner", "multiprocessing", "--variant", "pool-fork", "--timeout", "60",
+                          "--stall", "30"], tmp_path)
+    try:
+        wait_for_line(first, "running in pid", 60)
+        second = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--log-dir", str(tmp_path)],
+                         script=SCRIPT, timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.count("\n") == 1 and f"(pid {first.pid}) is writing its logs to" in second.stderr
+        assert "another --log-dir" in second.stderr and second.stdout == ""
+        first.send_signal(2)
+        _out, err = first.communicate(timeout=30)
+    finally:
+        first.kill()
+    assert first.returncode == 130, err
+    assert left_behind(first.pid) == []
+    # the folder is free again once the first run ended
+    again = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--log-dir", str(tmp_path)],
+                    script=SCRIPT, timeout=90)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("args, said, fix", [
+    # --fixed leaves the bug out: the variant is known, --fixed excluded it
+    (["--runner", "gunicorn", "--fixed", "--variant", "preload"], "--variant preload is the bug variant of gunicorn",
+     "drop --fixed to run it"),
+    # a variant of another runner than the one chosen
+    (["--runner", "gunicorn", "--variant", "lazy-apps"], "variant 'lazy-apps' is uwsgi's, not gunicorn's",
+     "add --runner uwsgi"),
+])
+def test_a_variant_left_out_by_the_other_options_says_which_option(args, said, fix):
+    done = run_cli(args, script=SCRIPT, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and said in done.stderr and fix in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("when, said", [
+    # delay() waits for the broker: no answer within the client's 5 s
+    ("before", ("POST /documents failed: ReadTimeout", "does not answer")),
+    # the status endpoint's result backend read fails: HTTP 500
+    ("after", ("GET /status/", "answered HTTP 500", "does not answer")),
+])
+def test_redis_gone_mid_run_names_the_http_error_and_the_servers_cause(tmp_path, when, said):
+    # the run's Redis dies before the app sends the task (POST fails) or after (the status
+    # endpoint fails): the verdict says which request failed and why (the app's log), not a
+    # JSON decoding error of an error page
+    from forksafety.outcome import Outcome
+
+    def lose_redis(server, send, ctx):
+        if when == "before":
+            server.process.kill()
+            server.process.wait(timeout=5)
+        send(ctx)
+        if when == "after":
+            server.process.kill()
+
+    verdict, options = run_with_redis_trouble("fastapi_worker-process-init", lose_redis, tmp_path, timeout=20)
+    assert verdict.outcome is Outcome.ERROR, verdict.detail
+    assert all(text in verdict.detail for text in said), verdict.detail
+    assert "JSONDecodeError" not in verdict.detail
+    assert [p for p in processes_with_env(RUN_ID_ENV, options.run_id) if not process_gone(p)] == []
+
+
+def run_with_redis_trouble(name: str, trouble, tmp_path: Path, timeout: float):
+    """Run scenario ``name`` on a private redis-server; ``trouble(server, send, ctx)`` replaces
+    the driver's send (it calls ``send(ctx)`` and does something to the server around it).
+    Returns (verdict, options). The server is stopped afterwards (resumed first if frozen)."""
+    import signal as signals
+
+    from forksafety.loopback import start_redis_server
+    from forksafety.runners import RunOptions
+    from forksafety.runners.model import ScenarioRun
+
+    scenario, factory = next((s, f) for s, f in CATALOG if s.name == name)
+    options = RunOptions(timeout=timeout, log_dir=tmp_path, capture=False)
+    server = start_redis_server(options.run_id)
+    driver = factory()
+    send = driver.send
+    driver.send = lambda ctx: trouble(server, send, ctx)
+    try:
+        return ScenarioRun(scenario, driver, options).run(server.url), options
+    finally:
+        if server.process.poll() is None:
+            server.process.send_signal(signals.SIGCONT)
+        server.stop()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_json_onto_something_other_than_a_regular_file_is_one_line_exit_2(tmp_path, kind):
+    # the record is written by rename: it would replace a device (as root: --json /dev/null
+    # replaced the machine's /dev/null with a file), a FIFO, or the link instead of its target
+    target = tmp_path / "record.json"
+    if kind == "fifo":
+        import os
+
+        os.mkfifo(target)
+        said = f"--json {target} is not a regular file"
+    else:
+        real = tmp_path / "real.json"
+        real.write_text("{}")
+        target.symlink_to(real)
+        said = f"--json {target} is a symbolic link"
+    done = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--json", str(target),
+                    "--log-dir", str(tmp_path / "logs")], script=SCRIPT, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+    assert done.stdout == ""
+    assert (target.is_fifo() if kind == "fifo" else target.is_symlink())
+
+
+def test_no_redis_server_is_one_line_exit_2_before_any_work(tmp_path):
+    # RQ, Huey, Dramatiq and the FastAPI app need the private redis-server the run starts;
+    # the runner programs themselves are found next to this Python, not on PATH
+    done = run_cli(["--runner", "rq", "--variant", "default", "--log-dir", str(tmp_path)], script=SCRIPT,
+                   env={"PATH": str(tmp_path / "nothing-here")}, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "redis-server is not installed" in done.stderr, done.stderr
+    assert "--broker" not in done.stderr  # an option of the Celery runner, not of this one
+    assert done.stdout == ""  # said before any work
+
+
+def test_all_with_runner_is_one_line_exit_2():
+    # --all ran every runner, the --runner NAME ignored
+    done = run_cli(["--all", "--runner", "gunicorn"], script=SCRIPT, timeout=60)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+    assert done.stderr.count("\n") == 1 and "--all and --runner" in done.stderr and done.stdout == ""
+
+
+def test_list_shows_the_selection():
+    done = run_cli(["--list", "--runner", "gunicorn", "--fixed"], script=SCRIPT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    listed = [line.split()[:2] for line in done.stdout.splitlines()]
+    assert listed == [["gunicorn", "no-preload"], ["gunicorn", "post-fork"]]
+    bad = run_cli(["--list", "--runner", "gunicorn", "--variant", "lazy-apps"], script=SCRIPT, timeout=60)
+    assert bad.returncode == 2 and "is uwsgi's, not gunicorn's" in bad.stderr
+
+
+def test_port_for_runners_without_a_server_is_one_line_exit_2(tmp_path):
+    # --port went unused (and a taken one was refused with "already taken") for runners that listen on nothing
+    done = run_cli(["--runner", "rq", "--runner", "huey", "--port", str(free_port()), "--log-dir",
+                    str(tmp_path)], script=SCRIPT, timeout=60)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+    assert done.stderr.count("\n") == 1 and "--port is for the server runners" in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+def test_a_hang_before_the_work_reached_a_worker_is_not_the_bug_reproduced(tmp_path):
+    # the broker stops answering (a frozen Redis): the producer blocks, no worker ever gets
+    # the job, the deadline ends it; that HANG matched huey/process's expected HANG, exit 0
+    import signal as signals
+
+    from forksafety.outcome import Outcome
+
+    def freeze_redis(server, send, ctx):
+        server.process.send_signal(signals.SIGSTOP)
+        send(ctx)
+
+    verdict, _options = run_with_redis_trouble("huey_process", freeze_redis, tmp_path, timeout=3)
+    assert verdict.outcome is Outcome.HANG and verdict.worker_pid is None, verdict
+    assert "never reached a worker" in verdict.detail
+    assert not verdict.matched and verdict.to_dict()["matched"] is False
+
+
+def test_under_nohup_sighup_is_still_ignored(tmp_path):
+    # both fastapi scenarios: several seconds of run after the first one starts
+    proc = subprocess.Popen(["nohup", PYTHON, str(SCRIPT), "--runner", "fastapi", "--parallel", "1",
+                             "--log-dir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for_line(proc, "starting", 60)
+        proc.send_signal(1)  # SIGHUP: nohup asked for it to be ignored
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.communicate(timeout=10)
+        proc.send_signal(2)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted by SIGINT" in err, err
+    assert left_behind(proc.pid) == []
+
+
+def test_the_same_port_again_right_after_a_run_is_not_taken(tmp_path):
+    # a server that closed its connections leaves them in TIME_WAIT on its port for a minute;
+    # the servers bind with SO_REUSEADDR, so the port is free for them, but the check said
+    # "already taken" to a user re-running with the same --port
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server side closes first: TIME_WAIT on 127.0.0.1:port
+            client.recv(1)
+    done = run_cli(["--runner", "gunicorn", "--variant", "no-preload", "--port", str(port), "--log-dir",
+                    str(tmp_path)], script=SCRIPT, timeout=90)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert "1/1 matched" in done.stdout
+
+
+@pytest.mark.parametrize("env, said", [({"PROVIDER": "cohere"}, "unknown PROVIDER 'cohere'"),
+                                       ({"COLLECTION_NAME": "x"}, "not a valid Chroma collection name")])
+def test_bad_settings_are_one_line_exit_2_before_any_work(tmp_path, env, said):
+    # every example loads the settings (.env, environment): each scenario was an ERROR whose
+    # detail showed a line of the traceback ("raise SettingsError(")
+    done = run_cli(["--runner", "multiprocessing", "--variant", "spawn", "--log-dir", str(tmp_path)], script=SCRIPT,
+                   env=env, timeout=60)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+    assert done.stderr.count("\n") == 1 and said in done.stderr, done.stderr
+    assert done.stdout == ""

@@ -70,3 +70,11 @@ def test_when_it_cannot_tell_the_runner_it_says_how_to_ask():
         in done.stdout
     told = check("forksafety/cases/thread_pool.py", "--runner", "gunicorn")
     assert "--runner NAME" not in told.stdout and "For gunicorn (--runner)" in told.stdout
+
+
+def test_two_different_runners_is_one_line_exit_2():
+    # the fixes of one runner only were printed (the last one named), silently
+    done = check("runner_examples/wsgi_app.py", "--runner", "gunicorn", "--runner", "uwsgi")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "--runner given twice (gunicorn and uwsgi): give it once" in done.stderr
+    assert done.stdout == ""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from ..errors import UsageError
+from ..errors import ToolMissingError, UsageError
 from ..outcome import Expected, Outcome
 from ..watch import sweep_orphans, sweep_run
 from . import drivers
@@ -82,18 +82,46 @@ def select(runners: list[str] | None, everything: bool, fixed: bool = False,
         known = {s.variant for s, _ in chosen}
         for v in variants:
             if v not in known:
-                raise UsageError(f"unknown variant {v!r} for the runners chosen", f"use one of {', '.join(sorted(known))}")
+                raise _variant_left_out(v, list(RUNNERS) if everything else runners or [], fixed, sorted(known))
         chosen = [(s, d) for s, d in chosen if s.variant in variants]
     if not chosen:
         raise UsageError("no scenario selected", "choose --all or --runner NAME")
     return chosen
 
 
+def _variant_left_out(variant: str, runners: list[str], fixed: bool, known: list[str]) -> UsageError:
+    """Why --variant ``variant`` selects nothing from the chosen ``runners``: --fixed left
+    the bug out, it is another runner's variant, or no runner has it."""
+    choose = f"use one of {', '.join(known)}" if known else "see --list"
+    owners = list(dict.fromkeys(s.runner for s, _ in CATALOG if s.variant == variant))
+    chosen_owners = [r for r in owners if r in runners]
+    if fixed and chosen_owners:
+        return UsageError(f"--variant {variant} is the bug variant of {chosen_owners[0]}, and --fixed runs only "
+                          "the fixes", f"drop --fixed to run it, or {choose}")
+    if owners:
+        theirs = " and ".join(f"{r}'s" for r in owners)
+        mine = " or ".join(f"{r}'s" for r in runners)
+        return UsageError(f"variant {variant!r} is {theirs}, not {mine}", f"add --runner {owners[0]}, or {choose}")
+    return UsageError(f"unknown variant {variant!r} for the runners chosen", choose)
+
+
 def check_programs(chosen: list[tuple[Scenario, Callable[[], Driver]]], options: RunOptions) -> None:
-    """Raise ToolMissingError (exit 2) before any work when a runner program is missing."""
-    for _scenario, factory in chosen:
-        for program in factory().programs:
+    """Raise ToolMissingError (exit 2) before any work when a runner program is missing,
+    or ``redis-server`` (on PATH) when a scenario needs the run's private Redis."""
+    import shutil
+
+    needs_redis = []
+    for scenario, factory in chosen:
+        driver = factory()
+        for program in driver.programs:
             find_program(program, options.bin_dir)
+        if driver.needs_redis and scenario.runner not in needs_redis:
+            needs_redis.append(scenario.runner)
+    if needs_redis and options.redis_url is None and shutil.which("redis-server") is None:
+        raise ToolMissingError(f"redis-server is not installed (not on PATH): the {', '.join(needs_redis)} "
+                               "scenarios start a private one",
+                               "install it (`sudo apt-get install redis-server`; the Dockerfile has it), or leave "
+                               f"out --runner {' / '.join(needs_redis)}")
 
 
 def run_matrix(chosen: list[tuple[Scenario, Callable[[], Driver]]], options: RunOptions, parallel: int = 2,

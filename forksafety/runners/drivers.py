@@ -9,9 +9,8 @@ import signal
 import sys
 import threading
 
-from ..loopback import port_accepts
 from ..outcome import Outcome
-from .model import Context, Driver, Proc, is_ours, judge_result
+from .model import Context, Driver, Proc, is_ours, judge_result, log_cause, serving
 from .work import DEFAULT_TEXTS
 
 PY = sys.executable
@@ -95,7 +94,7 @@ class Gunicorn(HttpServerDriver):
                 "--graceful-timeout", "1", "--log-level", "info"]
         argv += ["--preload"] if self.preload else []
         argv += ["--config", self.config] if self.config else []
-        return [Proc("gunicorn", argv + [self.app], ready=lambda: port_accepts(ctx.port))]
+        return [Proc("gunicorn", argv + [self.app], ready=lambda: serving(ctx))]
 
 
 class UWSGI(HttpServerDriver):
@@ -116,7 +115,7 @@ class UWSGI(HttpServerDriver):
                 "--module", "runner_examples.wsgi_app:application"]
         argv += ["--lazy-apps"] if self.lazy else []
         # SIGINT: uWSGI's immediate shutdown (SIGTERM is "brutal reload" without --die-on-term)
-        return [Proc("uwsgi", argv, ready=lambda: port_accepts(ctx.port), stop_signal=signal.SIGINT)]
+        return [Proc("uwsgi", argv, ready=lambda: serving(ctx), stop_signal=signal.SIGINT)]
 
 
 class Multiprocessing(Driver):
@@ -253,18 +252,37 @@ class FastAPIReplay(Driver):
                       env=env, stop_signal=signal.SIGQUIT, ready_line=" ready.")
         server = Proc("uvicorn", [ctx.program("uvicorn"), "runner_examples.fastapi_app:app", "--host", "127.0.0.1",
                                   "--port", str(ctx.port), "--log-level", "info"],
-                      env=env, ready=lambda: port_accepts(ctx.port))
+                      env=env, ready=lambda: serving(ctx, "uvicorn"))
         return [worker, server]
 
     def send(self, ctx: Context) -> None:
         import httpx
 
         ctx.state["client"] = client = httpx.Client(base_url=f"http://127.0.0.1:{ctx.port}", timeout=5)
-        reply = client.post("/documents")
-        reply.raise_for_status()
-        ctx.state["task_id"] = reply.json()["task_id"]
         ctx.state["states"] = []
         ctx.state["checked"] = 0.0
+        reply = self._request(ctx, "POST", "/documents")
+        if reply is not None:
+            ctx.state["task_id"] = reply.json()["task_id"]
+
+    def _request(self, ctx: Context, method: str, path: str):
+        """One request to the app; None when it failed (``ctx.state["failed"]`` then says
+        which request, how, whether the run's Redis answers, and the app's log)."""
+        import httpx
+
+        from ..loopback import redis_ping
+
+        try:
+            reply = ctx.state["client"].request(method, path)
+            if reply.status_code == 200:
+                return reply
+            what = f"{method} {path} answered HTTP {reply.status_code}"
+        except httpx.HTTPError as exc:
+            what = f"{method} {path} failed: {type(exc).__name__}: {exc}"
+        down = redis_ping(ctx.redis_url) if ctx.redis_url else None
+        redis = f"; the Redis at {ctx.redis_url} does not answer ({down})" if down else ""
+        ctx.state["failed"] = f"{what}{redis}; uvicorn log: {log_cause(ctx.proc('uvicorn').log)}"
+        return None
 
     def _status(self, ctx: Context) -> dict | None:
         import time
@@ -273,14 +291,21 @@ class FastAPIReplay(Driver):
         if now - ctx.state["checked"] < 0.1:  # the status endpoint, 10 times a second
             return ctx.state.get("last")
         ctx.state["checked"] = now
-        body = ctx.state["client"].get(f"/status/{ctx.state['task_id']}").json()
+        reply = self._request(ctx, "GET", f"/status/{ctx.state['task_id']}")
+        if reply is None:
+            return None
+        body = reply.json()
         ctx.state["last"] = body
         if not ctx.state["states"] or ctx.state["states"][-1] != body["state"]:
             ctx.state["states"].append(body["state"])
         return body
 
     def poll(self, ctx: Context) -> tuple[Outcome, str] | None:
+        if "failed" in ctx.state:
+            return Outcome.ERROR, ctx.state["failed"]
         body = self._status(ctx)
+        if "failed" in ctx.state:
+            return Outcome.ERROR, ctx.state["failed"]
         if body is None:
             return None
         states = " -> ".join(ctx.state["states"])

@@ -26,10 +26,11 @@ import psutil
 
 from .. import procinfo
 from ..errors import ToolMissingError
+from ..loopback import port_accepts
 from ..outcome import Expected, Outcome, Record
 from ..settings import REPO_ROOT
 from ..watch import (OWNER_ENV, RUN_ID_ENV, SCENARIO_ENV, make_temp_dir, pdeathsig_preexec,
-                     stop_group, sweep_run, wait_until, watch_process)
+                     process_tree, stop_group, sweep_run, wait_until, watch_process)
 from . import work
 
 POLL_INTERVAL = 0.02  # seconds between two looks at the work and the worker
@@ -101,6 +102,13 @@ class RunnerVerdict(Record):
     extra: dict = field(default_factory=dict)
 
     SECONDS_DIGITS = 2
+
+    @property
+    def matched(self) -> bool:
+        """True when the outcome is the expected one. A HANG matches only once the work
+        reached a worker (``worker_pid``): a hang before that (a broker that stopped
+        answering, a request no server got) is not the fork bug reproduced."""
+        return super().matched and not (self.outcome is Outcome.HANG and self.worker_pid is None)
 
     @property
     def scenario(self) -> str:
@@ -260,6 +268,24 @@ def is_ours(ctx: Context, pid: int) -> bool:
                 return True
         except psutil.Error:
             continue
+    return False
+
+
+def serving(ctx: Context, name: str | None = None) -> bool:
+    """True once a process started for ``ctx`` (``name``: only that one), or a descendant,
+    listens on 127.0.0.1:``ctx.port`` and the port accepts a connection. Another program
+    holding the port (taken after --port was checked) does not count: the server then
+    fails to bind and exits, and its log says why (psutil ``net_connections``)."""
+    for proc in ctx.procs:
+        if proc.popen is None or (name is not None and proc.name != name):
+            continue
+        for member in process_tree(proc.popen.pid):
+            try:
+                conns = member.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == ctx.port for c in conns):
+                return port_accepts(ctx.port)
     return False
 
 
