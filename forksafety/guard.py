@@ -222,6 +222,14 @@ RUNNER_FIXES: dict[str, list[str]] = {
         "creates at import is created there (measured with a store: dramatiq/default); do not create it in "
         "code that runs before the workers start (the main process, --fork-function)",
     ],
+    # The report's app: FastAPI sends Celery tasks; the fork that breaks the store is the
+    # Celery worker's prefork pool, not the web server (runners matrix: fastapi/*).
+    "fastapi": [
+        "the work runs in the Celery worker, whose prefork pool forks: create it in each pool child from a "
+        "celery.signals.worker_process_init handler (measured: fastapi/worker-process-init), or use the "
+        "other Celery fixes (--runner celery)",
+        "if the FastAPI app itself creates it and is served by gunicorn --preload: --runner gunicorn",
+    ],
     "multiprocessing": [
         "use the spawn or forkserver context: multiprocessing.get_context(\"spawn\").Pool(...), or "
         "ProcessPoolExecutor(mp_context=get_context(\"spawn\")) (measured: multiprocessing/spawn, /forkserver; "
