@@ -27,7 +27,7 @@ from .capture import (DEBUGGER_TIMEOUT, DebuggerCapture, check_ptrace_allowed, c
                       killed_by, last_line, lldb_capture, lldb_catch, require_tool, write_dump)
 from .cli import (EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK, MAX_SECONDS, Interrupted, OnceAction, Parser, check_log_dir,
                   check_output_file, fail, install_interrupt_handlers, path_arg, quiet_signals, say, seconds_type,
-                  sweep_leftovers, variant_type, written)
+                  stdout_closed, sweep_leftovers, variant_type, written)
 from .demo import DEFAULT_VARIANT, VARIANTS, DemoOptions, DemoRecord, DemoRun, expected_demo_outcome, record_json
 from .errors import ForkSafetyError, UsageError
 from .outcome import Outcome, current_platform
@@ -181,6 +181,8 @@ def attach_main(tool: str, argv: list[str] | None = None) -> int:
         try:
             try:
                 run.start()
+            except BrokenPipeError:  # our output was closed: not the demo failing
+                raise
             except Exception as exc:  # noqa: BLE001 - chromadb failing to open the store: a set-up error
                 return fail(f"the demo could not start: {type(exc).__name__}: {exc}", prog=prog)
             pids["child"] = run.child_pid
@@ -201,6 +203,8 @@ def attach_main(tool: str, argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         sys.stderr.write(f"{prog}: interrupted by {exc}: the child and {tool} are stopped\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` & co
+        return stdout_closed(prog)
     except ForkSafetyError as exc:  # PtraceError from the attach, ToolMissingError
         return fail(exc, prog=prog)
 

@@ -44,6 +44,7 @@ from .cli import (
     remove_stale_strace_folders,  # noqa: F401 - kept importable from here (tests, issue 13)
     say,
     seconds_type,
+    stdout_closed,
     sweep_leftovers,
     variant_type,
     written,
@@ -304,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         if not inner:  # under strace, the outer script says it once
             sys.stderr.write(f"{PROG}: interrupted by {exc}: the child and the tools we started are stopped\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` & co
+        return stdout_closed(PROG)
     except ForkSafetyError as exc:
         return fail(exc, prog=PROG)
 

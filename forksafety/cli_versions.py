@@ -10,7 +10,7 @@ from pathlib import Path
 from . import versionsets
 from .broker import start_private_redis
 from .cli import (EXIT_MISMATCH, EXIT_OK, Parser, check_log_dir, check_output_file, fail, install_interrupt_handlers,
-                  path_arg, seconds_type, written)
+                  path_arg, seconds_type, stdout_closed, written)
 from .errors import ForkSafetyError, Interrupted
 from .origins import load_origins
 from .report import write_json
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                                          build_timeout=args.build_timeout, run_timeout=args.run_timeout)
     except ForkSafetyError as exc:
         return fail(exc, prog=PROG)
+    except BrokenPipeError:  # output piped into `head` & co
+        return stdout_closed(PROG)
     except Interrupted as exc:
         sys.stderr.write(f"{PROG}: interrupted by {exc}: every process of this run was stopped; "
                          "an environment whose build was cut short is rebuilt next time\n")

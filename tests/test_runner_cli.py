@@ -93,7 +93,7 @@ def test_help_lists_pools_and_variants():
         assert word in done.stdout
 
 
-@pytest.mark.parametrize("script", ["celery_examples/run_test.py", "scripts/run_runners.py"])
+@pytest.mark.parametrize("script", ["celery_examples/run_test.py", "scripts/run_runners.py", "scripts/demo_crash.py"])
 def test_output_closed_by_its_reader_is_141_with_one_line_not_a_silent_1(script, tmp_path):
     """`run_test.py --all | head -1`: the reader goes away. Exit 1 would claim an outcome did
     not match; the run stops with 141 (as a shell reports SIGPIPE) and says why on stderr."""
@@ -102,7 +102,8 @@ def test_output_closed_by_its_reader_is_141_with_one_line_not_a_silent_1(script,
 
     from tests.conftest import PYTHON, REPO
 
-    args = ["--pool", "threads"] if script.endswith("run_test.py") else ["--runner", "dramatiq"]
+    args = {"celery_examples/run_test.py": ["--pool", "threads"], "scripts/run_runners.py": ["--runner", "dramatiq"],
+            "scripts/demo_crash.py": ["--no-stacks"]}[script]
     env = {**os.environ, "CHROMA_DIR": str(tmp_path / "chroma")}
     proc = subprocess.Popen([PYTHON, script, *args, "--log-dir", str(tmp_path / "logs")], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
